@@ -1,0 +1,53 @@
+"""ssehub: real-time updates over Server-Sent Events.
+
+Publish events to named channels; browsers and services subscribe to one or more channels and receive them
+within milliseconds; a subscriber that reconnects gets exactly what it missed.
+"""
+
+from __future__ import annotations
+
+from ssehub.app import create_api, create_app
+from ssehub.brokers import Broker, BrokerStatus, History, MemoryBroker, create_broker
+from ssehub.encoder import encode
+from ssehub.events import Event, EventId
+from ssehub.exceptions import (
+    BrokerUnavailableError,
+    ChannelLimitError,
+    ConnectionLimitError,
+    HubNotRunningError,
+    InvalidEventIdError,
+    InvalidValueError,
+    MissingDependencyError,
+    SSEHubError,
+    UnknownChannelError,
+)
+from ssehub.hub import Hub, Subscription
+from ssehub.settings import Settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Broker",
+    "BrokerStatus",
+    "BrokerUnavailableError",
+    "ChannelLimitError",
+    "ConnectionLimitError",
+    "Event",
+    "EventId",
+    "History",
+    "Hub",
+    "HubNotRunningError",
+    "InvalidEventIdError",
+    "InvalidValueError",
+    "MemoryBroker",
+    "MissingDependencyError",
+    "SSEHubError",
+    "Settings",
+    "Subscription",
+    "UnknownChannelError",
+    "__version__",
+    "create_api",
+    "create_app",
+    "create_broker",
+    "encode",
+]

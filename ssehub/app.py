@@ -1,0 +1,243 @@
+"""The HTTP API: Starlette routes over a :class:`~ssehub.hub.Hub`.
+
+Two ways to use it:
+
+- standalone: :func:`create_app` builds an app whose lifespan starts and stops its own hub
+  (``ssehub serve`` runs it);
+- inside an application: build a ``Hub``, run ``async with hub:`` in your lifespan and mount
+  :func:`create_api` at the prefix you like (mounted apps do not get lifespan events of their own).
+
+Every refusal is an HTTP status with a JSON body ``{"error": ..., "code": ...}`` sent before any stream
+starts; a stream that started ends only cleanly (the client reconnects and resumes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from ssehub._types import Receive, Scope, Send
+from ssehub.exceptions import (
+    BrokerUnavailableError,
+    ChannelLimitError,
+    ConnectionLimitError,
+    HubNotRunningError,
+    InvalidValueError,
+    UnknownChannelError,
+)
+from ssehub.hub import Hub
+from ssehub.settings import Settings
+
+logger = logging.getLogger("ssehub.app")
+
+#: Query parameters of the stream endpoints that are not filters.
+RESERVED_PARAMS = frozenset({"channels", "lastEventId"})
+_PATH_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+_PUBLISH_FIELDS = frozenset({"channel", "event", "data"})
+_STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one shape of every error ssehub answers."""
+    return JSONResponse({"error": message, "code": code}, status_code=status, headers=headers)
+
+
+def _error_for(exc: Exception) -> JSONResponse:
+    """Translate a hub error into its HTTP answer."""
+    if isinstance(exc, UnknownChannelError):
+        return error_response(404, "UNKNOWN_CHANNEL", str(exc))
+    if isinstance(exc, InvalidValueError):
+        return error_response(413 if exc.code == "PAYLOAD_TOO_LARGE" else 422, exc.code, str(exc))
+    if isinstance(exc, ConnectionLimitError):
+        return error_response(503, "MAX_CONNECTIONS", str(exc), {"Retry-After": "5"})
+    if isinstance(exc, BrokerUnavailableError):
+        return error_response(503, "BROKER_UNAVAILABLE", str(exc), {"Retry-After": "2"})
+    if isinstance(exc, HubNotRunningError):
+        return error_response(503, "HUB_NOT_RUNNING", str(exc), {"Retry-After": "2"})
+    if isinstance(exc, ChannelLimitError):
+        return error_response(429, "CHANNEL_LIMIT", str(exc), {"Retry-After": "60"})
+    raise exc
+
+
+_HUB_ERRORS = (InvalidValueError, ConnectionLimitError, BrokerUnavailableError, HubNotRunningError, ChannelLimitError)
+
+
+class StreamEndpoint:
+    """``GET`` an SSE stream. A plain ASGI app, so that nothing sits between the fan-out and ``send``.
+
+    Args:
+        hub: the hub to subscribe to.
+        channels: fixed channels (``/queue``); ``None`` reads ``?channels=`` and falls back to the defaults.
+        filter_param: a path parameter that becomes a filter of the same name (``/downloads/{download_id}``).
+    """
+
+    def __init__(self, hub: Hub, channels: list[str] | None = None, filter_param: str | None = None) -> None:
+        self.hub = hub
+        self.channels = channels
+        self.filter_param = filter_param
+
+    def _request_args(self, request: Request) -> tuple[list[str], dict[str, str], str | None]:
+        params = request.query_params
+        if self.channels is not None:
+            channels = list(self.channels)
+        elif "channels" in params:
+            channels = [part.strip() for part in params["channels"].split(",") if part.strip()]
+            if not channels:
+                raise InvalidValueError(
+                    "channels is empty: name one or more channels, separated by commas", "INVALID_CHANNEL"
+                )
+        else:
+            channels = list(self.hub.settings.default_channels)
+        filters: dict[str, str] = {}
+        for name, value in params.multi_items():
+            if name in RESERVED_PARAMS or name.startswith("_"):
+                continue
+            if name in filters:
+                raise InvalidValueError(f"filter {name!r} is given twice", "INVALID_FILTER")
+            filters[name] = value
+        if self.filter_param is not None:
+            value = request.path_params[self.filter_param]
+            if _PATH_ID.fullmatch(value) is None:
+                raise InvalidValueError(
+                    f"invalid {self.filter_param} {value[:80]!r}: use 1-128 of A-Z a-z 0-9 _ . : -", "INVALID_FILTER"
+                )
+            filters[self.filter_param] = value
+        last_event_id = request.headers.get("last-event-id")
+        if last_event_id is None:
+            last_event_id = params.get("lastEventId")
+        return channels, filters, last_event_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        hub = self.hub
+        if not hub.settings.enable_sse:
+            response = error_response(503, "SSE_DISABLED", "server-sent events are disabled (SSEHUB_ENABLE_SSE)")
+            await response(scope, receive, send)
+            return
+        try:
+            channels, filters, last_event_id = self._request_args(request)
+            subscription = hub.subscribe(channels, filters=filters, last_event_id=last_event_id)
+            sub = await subscription.__aenter__()
+        except _HUB_ERRORS as exc:
+            await _error_for(exc)(scope, receive, send)
+            return
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
+            await sub.connection.run(send, receive)
+        except BaseException as exc:
+            if not await subscription.__aexit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            await subscription.__aexit__(None, None, None)
+
+
+async def _publish(request: Request) -> Response:
+    hub: Hub = request.app.state.hub
+    limit = hub.settings.max_payload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return error_response(413, "PAYLOAD_TOO_LARGE", f"the body is larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return error_response(413, "PAYLOAD_TOO_LARGE", f"the body is larger than {limit} bytes")
+    try:
+        payload = json.loads(body, parse_constant=_reject_constant)
+    except ValueError as exc:
+        return error_response(422, "INVALID_JSON", f"the body is not valid JSON: {exc}")
+    if not isinstance(payload, dict):
+        return error_response(422, "INVALID_BODY", 'the body must be a JSON object {"channel", "event", "data"}')
+    missing = sorted(_PUBLISH_FIELDS - payload.keys())
+    unknown = sorted(payload.keys() - _PUBLISH_FIELDS)
+    if missing or unknown:
+        problems = [f"missing {', '.join(missing)}"] if missing else []
+        problems += [f"unknown {', '.join(unknown)}"] if unknown else []
+        return error_response(422, "INVALID_BODY", f"the body must have channel, event and data: {'; '.join(problems)}")
+    channel, event = payload["channel"], payload["event"]
+    if not isinstance(channel, str) or not isinstance(event, str):
+        return error_response(422, "INVALID_BODY", "channel and event must be strings")
+    try:
+        published = await hub.publish(channel, event, payload["data"])
+    except _HUB_ERRORS as exc:
+        return _error_for(exc)
+    return JSONResponse({"id": str(published.id), "channel": published.channel}, status_code=201)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (unknown path, wrong method) in ssehub's JSON shape."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+    return error_response(exc.status_code, code, exc.detail, dict(exc.headers or {}))
+
+
+_EXCEPTION_HANDLERS = {HTTPException: _http_error}
+
+
+async def _health(request: Request) -> Response:
+    hub: Hub = request.app.state.hub
+    health = hub.health()
+    return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
+
+
+def create_api(hub: Hub) -> Starlette:
+    """The API's routes (relative to the prefix) as an app to mount; the caller runs the hub's lifetime."""
+    routes = [
+        Route("/stream", StreamEndpoint(hub), methods=["GET"]),
+        Route("/downloads/{download_id}", StreamEndpoint(hub, ["download:updates"], "download_id"), methods=["GET"]),
+        Route("/queue", StreamEndpoint(hub, ["queue:updates"]), methods=["GET"]),
+        Route("/health", _health, methods=["GET"]),
+        Route("/publish", _publish, methods=["POST"]),
+    ]
+    api = Starlette(routes=routes, exception_handlers=_EXCEPTION_HANDLERS)
+    api.state.hub = hub
+    return api
+
+
+def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> Starlette:
+    """A standalone app: the API mounted at ``settings.prefix``, its hub started and stopped by the lifespan.
+
+    Args:
+        settings: configuration; read from the environment when omitted.
+        hub: an existing hub (its settings win); a new one is built when omitted.
+    """
+    hub = hub if hub is not None else Hub(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with hub:
+            yield
+
+    app = Starlette(
+        routes=[Mount(hub.settings.prefix, app=create_api(hub))],
+        lifespan=lifespan,
+        exception_handlers=_EXCEPTION_HANDLERS,
+    )
+    app.state.hub = hub
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """Factory for ``uvicorn --factory`` and worker processes: settings from the environment."""
+    return create_app(Settings())
+
+
+__all__ = ["StreamEndpoint", "create_api", "create_app", "create_app_from_env", "error_response"]

@@ -1,0 +1,67 @@
+"""Exceptions raised by ssehub.
+
+Hierarchy (kept shallow on purpose)::
+
+    SSEHubError
+    ├── InvalidValueError      a channel, event type, id or filter that breaks a rule
+    │   └── UnknownChannelError  a valid name that the configured channel patterns do not allow
+    ├── InvalidEventIdError    a Last-Event-ID that is not an ssehub id
+    ├── ConnectionLimitError   the hub already serves max_connections streams
+    ├── HubNotRunningError     the hub was not started (or is shutting down)
+    ├── BrokerUnavailableError the broker cannot be reached; nothing was accepted
+    ├── ChannelLimitError      the broker holds as many channels as it may
+    └── MissingDependencyError an optional extra is not installed (also an ImportError)
+
+Foreign exceptions (redis-py, OS errors) are translated at the broker boundary with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class SSEHubError(Exception):
+    """Base class of every error ssehub raises on purpose."""
+
+
+class InvalidValueError(SSEHubError, ValueError):
+    """A channel name, event type, id or filter breaks a documented rule.
+
+    ``code`` names the rule for HTTP answers (``INVALID_CHANNEL``, ``INVALID_EVENT``, ...).
+    """
+
+    def __init__(self, message: str, code: str = "INVALID_VALUE") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UnknownChannelError(InvalidValueError):
+    """A well-formed channel name that the configured channel patterns (SSEHUB_CHANNELS) do not allow."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "UNKNOWN_CHANNEL")
+
+
+class ConnectionLimitError(SSEHubError):
+    """The hub already serves ``max_connections`` streams."""
+
+
+class HubNotRunningError(SSEHubError):
+    """The hub is not started, or is shutting down."""
+
+
+class InvalidEventIdError(SSEHubError, ValueError):
+    """A Last-Event-ID that ssehub did not issue (malformed)."""
+
+
+class BrokerUnavailableError(SSEHubError):
+    """The broker cannot be reached. Nothing was stored or delivered."""
+
+
+class ChannelLimitError(SSEHubError):
+    """Publishing would create a channel beyond the broker's channel limit."""
+
+
+class MissingDependencyError(SSEHubError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(f"{package} is not installed. Install it with: pip install 'ssehub[{extra}]'")

@@ -1,0 +1,440 @@
+"""The hub: one per process. It owns the broker, indexes local subscriptions and fans events out to them.
+
+Flow of one event: a publisher calls :meth:`Hub.publish` (or a publisher elsewhere writes to the shared
+broker); the broker stores it, gives it an id and hands it to :meth:`Hub._on_event`, once, whatever the
+number of connections. The hub looks up the subscriptions of the event's channel (and, for filtered ones,
+of the event's filter value) and pushes the event's SSE bytes, encoded once, to each connection.
+
+Resume without loss or duplicates: a new subscription is indexed *before* its history is read, in a
+catching-up state that holds live events aside. History is then read up to the broker's head; it is
+written first, then the held live events newer than the head. The same code covers a fresh subscription
+(it starts at the head and tells the client that id in its ``connected`` event, so even a client that saw no
+event resumes exactly) and a reset (the client's id is older than what the broker retains).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from ssehub.brokers import Broker, create_broker
+from ssehub.connection import Connection
+from ssehub.encoder import encode
+from ssehub.events import Event, EventId, dump_json, validate_channel, validate_event_type
+from ssehub.exceptions import (
+    ConnectionLimitError,
+    HubNotRunningError,
+    InvalidEventIdError,
+    InvalidValueError,
+    UnknownChannelError,
+)
+from ssehub.settings import Settings
+
+logger = logging.getLogger("ssehub.hub")
+
+_FILTER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_MAX_FILTERS = 8
+_MAX_FILTER_VALUE = 256
+_MISSING = object()
+
+
+def filter_key(value: Any) -> str | None:
+    """How a data field compares with a filter's text: strings as they are, other JSON scalars as JSON."""
+    if isinstance(value, str):
+        return value
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return dump_json(value)
+    return None
+
+
+def validate_filters(filters: Mapping[str, str]) -> dict[str, str]:
+    """Check filter names and values; return them as a plain dict.
+
+    Raises:
+        InvalidValueError: a bad name, an overlong value, or too many filters.
+    """
+    if len(filters) > _MAX_FILTERS:
+        raise InvalidValueError(f"at most {_MAX_FILTERS} filters per stream, got {len(filters)}", "INVALID_FILTER")
+    for name, value in filters.items():
+        if _FILTER_NAME.fullmatch(name) is None:
+            raise InvalidValueError(
+                f"invalid filter field {name[:70]!r}: use a letter or _, then letters, digits, _", "INVALID_FILTER"
+            )
+        if len(value) > _MAX_FILTER_VALUE:
+            raise InvalidValueError(f"filter {name!r} is longer than {_MAX_FILTER_VALUE} characters", "INVALID_FILTER")
+    return dict(filters)
+
+
+class Subscription:
+    """One stream's subscription: channels, filters and the connection its events go to."""
+
+    __slots__ = ("channels", "connection", "filters", "pending", "pending_bytes", "rest")
+
+    def __init__(self, channels: tuple[str, ...], filters: dict[str, str], connection: Connection) -> None:
+        self.channels = channels
+        self.filters = filters
+        self.connection = connection
+        # Filters other than the one used for the index, checked per event; None when there are none.
+        self.rest: tuple[tuple[str, str], ...] | None = tuple(sorted(filters.items()))[1:] or None
+        # Live events held while history is read; None once caught up.
+        self.pending: list[Event] | None = []
+        self.pending_bytes = 0
+
+    def accepts(self, fields: Mapping[str, Any]) -> bool:
+        """Whether an event with these data fields passes every filter."""
+        return all(filter_key(fields.get(name, _MISSING)) == value for name, value in self.filters.items())
+
+    def hold(self, event: Event) -> None:
+        """Keep a live event aside while catching up, within the connection's buffer bound."""
+        assert self.pending is not None
+        self.pending.append(event)
+        self.pending_bytes += len(event.frame)
+        if self.pending_bytes > self.connection.max_buffer_bytes:
+            self.pending.clear()
+            self.connection.close("overflow")
+
+
+class _ChannelIndex:
+    """The subscriptions of one channel: unfiltered ones, and filtered ones by (field, value)."""
+
+    __slots__ = ("by_field", "count", "plain")
+
+    def __init__(self) -> None:
+        self.plain: dict[Subscription, None] = {}
+        self.by_field: dict[str, dict[str, dict[Subscription, None]]] = {}
+        self.count = 0
+
+    def add(self, sub: Subscription) -> None:
+        if sub.filters:
+            name, value = min(sub.filters.items())
+            self.by_field.setdefault(name, {}).setdefault(value, {})[sub] = None
+        else:
+            self.plain[sub] = None
+        self.count += 1
+
+    def remove(self, sub: Subscription) -> None:
+        if sub.filters:
+            name, value = min(sub.filters.items())
+            by_value = self.by_field[name]
+            subs = by_value[value]
+            del subs[sub]
+            if not subs:
+                del by_value[value]
+                if not by_value:
+                    del self.by_field[name]
+        else:
+            del self.plain[sub]
+        self.count -= 1
+
+
+def _deliver(sub: Subscription, event: Event) -> None:
+    if sub.pending is None:
+        sub.connection.push(event.frame)
+    else:
+        sub.hold(event)
+
+
+class Hub:
+    """Channels, subscriptions and fan-out for one process. Use it as an async context manager.
+
+    Args:
+        settings: configuration; read from the environment when omitted.
+        broker: the broker to use; built from ``settings.broker_url`` when omitted.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, broker: Broker | None = None) -> None:
+        self.settings = settings if settings is not None else Settings()
+        self.broker = broker if broker is not None else create_broker(self.settings)
+        self._index: dict[str, _ChannelIndex] = {}
+        self._connections: dict[Connection, None] = {}
+        self._active = 0
+        self._broker_channels: set[str] = set()
+        self._to_release: set[str] = set()
+        self._sync_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._running = False
+        patterns = self.settings.channels
+        self._allow_all = "*" in patterns
+        self._patterns = [re.compile(fnmatch.translate(p)) for p in patterns]
+
+    # -- lifetime -------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Hub:
+        await self.broker.start(self._on_event)
+        self._running = True
+        self._spawn(self._heartbeat_loop(), "ssehub-heartbeat")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def end_streams(self) -> None:
+        """End every open stream cleanly and refuse new ones: clients reconnect (elsewhere, or later) and resume.
+
+        Call it when the server starts shutting down, before it waits for requests to finish.
+        """
+        self._running = False
+        for connection in list(self._connections):
+            connection.close("shutdown")
+
+    async def close(self) -> None:
+        """End every stream and stop the broker."""
+        if not self._tasks and not self._running:
+            return
+        self.end_streams()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.broker.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether the hub is started and not closing."""
+        return self._running
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- channels -------------------------------------------------------------------------------------------
+
+    def check_channel(self, name: str) -> str:
+        """Return ``name`` if it is well formed and allowed by ``settings.channels``.
+
+        Raises:
+            InvalidValueError: malformed.
+            UnknownChannelError: well formed but not allowed.
+        """
+        validate_channel(name)
+        if not self._allow_all and not any(p.fullmatch(name) for p in self._patterns):
+            raise UnknownChannelError(
+                f"unknown channel {name!r}: allowed channels match {', '.join(self.settings.channels)}"
+            )
+        return name
+
+    # -- publishing -----------------------------------------------------------------------------------------
+
+    async def publish(self, channel: str, event: str, data: Any) -> Event:
+        """Publish ``data`` (any JSON value) as ``event`` on ``channel``; return the stored event.
+
+        Raises:
+            InvalidValueError: a bad channel, event type or data (UnknownChannelError: not allowed).
+            BrokerUnavailableError: the broker cannot be reached; nothing was published.
+            ChannelLimitError: the broker keeps as many channels as it may.
+            HubNotRunningError: the hub is not started.
+        """
+        self.check_channel(channel)
+        validate_event_type(event)
+        text = dump_json(data)
+        if len(text.encode("utf-8")) > self.settings.max_payload_bytes:
+            raise InvalidValueError(f"data is larger than {self.settings.max_payload_bytes} bytes", "PAYLOAD_TOO_LARGE")
+        if not self._running:
+            raise HubNotRunningError("the hub is not running")
+        return await self.broker.publish(channel, event, text)
+
+    # -- fan-out --------------------------------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        """The broker's callback: hand the event's bytes to every matching subscription. Never awaits."""
+        index = self._index.get(event.channel)
+        if index is None:
+            return
+        if index.plain:
+            frame = event.frame
+            for sub in index.plain:
+                if sub.pending is None:
+                    sub.connection.push(frame)
+                else:
+                    sub.hold(event)
+        if index.by_field:
+            fields = event.fields
+            for name, by_value in index.by_field.items():
+                key = filter_key(fields.get(name, _MISSING))
+                subs = by_value.get(key) if key is not None else None
+                if subs:
+                    for sub in subs:
+                        if sub.rest is None or sub.accepts(fields):
+                            _deliver(sub, event)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            frame = encode(dump_json({"time": round(time.time(), 3)}), event="heartbeat")
+            for connection in self._connections:
+                connection.push(frame)
+
+    # -- subscribing ----------------------------------------------------------------------------------------
+
+    def _parse_resume_id(self, last_event_id: str | None) -> EventId | str | None:
+        if last_event_id is None or last_event_id == "":
+            return None
+        try:
+            return EventId.parse(last_event_id)
+        except InvalidEventIdError:
+            return "invalid"
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self,
+        channels: Sequence[str],
+        *,
+        filters: Mapping[str, str] | None = None,
+        last_event_id: str | None = None,
+    ) -> AsyncIterator[Subscription]:
+        """Open a subscription; its connection already holds the first frames when this yields.
+
+        The first frames are ``retry`` with a ``connected`` event, then either the missed events (resume) or
+        a ``reset`` event (the id is older than the retained history, or not an id this hub issued: the
+        documented fallback for a malformed Last-Event-ID). Everything held is released on exit.
+
+        Raises:
+            InvalidValueError: bad channels or filters (UnknownChannelError: not allowed).
+            ConnectionLimitError: ``max_connections`` streams are open.
+            HubNotRunningError: the hub is not started.
+            BrokerUnavailableError: the broker cannot be reached.
+        """
+        unique = tuple(dict.fromkeys(channels))
+        if not unique:
+            raise InvalidValueError("a stream needs at least one channel", "INVALID_CHANNEL")
+        if len(unique) > self.settings.max_channels_per_stream:
+            raise InvalidValueError(
+                f"at most {self.settings.max_channels_per_stream} channels per stream, got {len(unique)}",
+                "TOO_MANY_CHANNELS",
+            )
+        for name in unique:
+            self.check_channel(name)
+        checked_filters = validate_filters(filters or {})
+        if not self._running:
+            raise HubNotRunningError("the hub is not running")
+        if self._active >= self.settings.max_connections:
+            raise ConnectionLimitError(f"the hub already serves {self.settings.max_connections} streams")
+        resume_from = self._parse_resume_id(last_event_id)
+
+        self._active += 1
+        connection = Connection(secrets.token_hex(8), self.settings.max_buffer_bytes)
+        sub = Subscription(unique, checked_filters, connection)
+        for name in unique:
+            index = self._index.get(name)
+            if index is None:
+                index = self._index[name] = _ChannelIndex()
+            index.add(sub)
+        timer: asyncio.TimerHandle | None = None
+        try:
+            await self._acquire_broker_channels(unique)
+            await self._catch_up(sub, resume_from, last_event_id)
+            self._connections[connection] = None
+            timer = asyncio.get_running_loop().call_later(self.settings.connection_timeout, connection.close, "timeout")
+            yield sub
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._connections.pop(connection, None)
+            connection.close("shutdown")
+            for name in unique:
+                index = self._index[name]
+                index.remove(sub)
+                if not index.count:
+                    del self._index[name]
+                    self._to_release.add(name)
+            self._active -= 1
+            if self._to_release and self._running:
+                self._spawn(self._release_broker_channels(), "ssehub-release")
+
+    async def _acquire_broker_channels(self, channels: Sequence[str]) -> None:
+        # Serialized with releases so that the broker never sees subscribe and unsubscribe of one channel race.
+        async with self._sync_lock:
+            for name in channels:
+                self._to_release.discard(name)
+                if name not in self._broker_channels:
+                    await self.broker.subscribe(name)
+                    self._broker_channels.add(name)
+
+    async def _release_broker_channels(self) -> None:
+        async with self._sync_lock:
+            while self._to_release:
+                name = self._to_release.pop()
+                if name not in self._index and name in self._broker_channels:
+                    self._broker_channels.discard(name)
+                    await self.broker.unsubscribe(name)
+
+    async def _catch_up(self, sub: Subscription, resume_from: EventId | str | None, raw_id: str | None) -> None:
+        """Write the opening frames and any history, then switch the subscription to live delivery."""
+        connection = sub.connection
+        settings = self.settings
+        info: dict[str, Any] = {
+            "connection_id": connection.id,
+            "channels": list(sub.channels),
+            "heartbeat_interval": settings.heartbeat_interval,
+        }
+        if isinstance(resume_from, EventId):
+            history = await self.broker.read_since(
+                sub.channels, resume_from, limit=settings.history_size * len(sub.channels)
+            )
+            cutoff = history.head
+            info["resumed"] = not history.expired
+            connection.push(encode(dump_json(info), event="connected", id=str(resume_from), retry=settings.retry_ms))
+            if history.expired:
+                self._push_reset(sub, "history_expired", history.expired, cutoff)
+            else:
+                for event in history.events:
+                    if not sub.filters or sub.accepts(event.fields):
+                        connection.push(event.frame)
+        else:
+            cutoff = await self.broker.head()
+            info["resumed"] = False
+            if resume_from is None:
+                connection.push(encode(dump_json(info), event="connected", id=str(cutoff), retry=settings.retry_ms))
+            else:
+                # A Last-Event-ID that is not an ssehub id: documented fallback, a reset from the current head.
+                logger.info("connection %s: malformed Last-Event-ID %r, sending reset", connection.id, raw_id)
+                connection.push(encode(dump_json(info), event="connected", retry=settings.retry_ms))
+                self._push_reset(sub, "invalid_last_event_id", list(sub.channels), cutoff)
+        pending = sub.pending or []
+        sub.pending = None
+        for event in pending:
+            if event.id > cutoff:
+                connection.push(event.frame)
+
+    def _push_reset(self, sub: Subscription, reason: str, channels: list[str], head: EventId) -> None:
+        data = dump_json({"reason": reason, "channels": channels})
+        sub.connection.push(encode(data, event="reset", id=str(head)))
+
+    # -- introspection --------------------------------------------------------------------------------------
+
+    @property
+    def active_connections(self) -> int:
+        """Streams open or opening."""
+        return self._active
+
+    def subscribers_per_channel(self) -> dict[str, int]:
+        """Local subscriptions per channel."""
+        return {name: index.count for name, index in sorted(self._index.items())}
+
+    def health(self) -> dict[str, Any]:
+        """What ``GET /health`` answers."""
+        status = self.broker.status()
+        return {
+            "status": "ok" if self._running and status.connected else "degraded",
+            "enabled": self.settings.enable_sse,
+            "active_connections": self._active,
+            "max_connections": self.settings.max_connections,
+            "heartbeat_interval": self.settings.heartbeat_interval,
+            "connection_timeout": self.settings.connection_timeout,
+            "channels": self.subscribers_per_channel(),
+            "broker": {"name": status.name, "connected": status.connected, **status.details},
+        }

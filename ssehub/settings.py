@@ -1,0 +1,96 @@
+"""Settings: the one place that reads the environment.
+
+Every setting is an environment variable with the prefix ``SSEHUB_`` (also read from a ``.env`` file in the
+working directory). The README's configuration table lists them; ``tests/test_settings.py`` checks that the
+table and this class agree.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ssehub.events import validate_channel
+
+DEFAULT_CHANNELS = ("download:updates", "queue:updates", "system:notifications")
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """ssehub's configuration. Build it with keyword arguments, or let it read ``SSEHUB_*`` variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SSEHUB_", env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    enable_sse: bool = Field(True, description="Serve streams; false answers 503 SSE_DISABLED.")
+    host: str = Field("127.0.0.1", description="Address `ssehub serve` binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `ssehub serve` listens on.")
+    prefix: str = Field("/api/v1/events", description="Path prefix of the HTTP API.")
+    broker_url: str = Field("memory://", description="`memory://` (one process) or `redis://...` / `rediss://...`.")
+    heartbeat_interval: float = Field(30.0, gt=0, description="Seconds between heartbeat events on every stream.")
+    max_connections: int = Field(1000, ge=1, description="Open streams per process; more answer 503.")
+    connection_timeout: float = Field(
+        300.0, gt=0, description="Longest life of one stream in seconds; the client then reconnects and resumes."
+    )
+    retry_ms: int = Field(3000, ge=0, description="Reconnection delay sent to clients (`retry:`), milliseconds.")
+    history_size: int = Field(1000, ge=1, description="Events kept per channel for resume.")
+    history_ttl: float = Field(3600.0, gt=0, description="Seconds an event is kept for resume.")
+    max_channels: int = Field(10000, ge=1, description="Channels with history a broker keeps; more answer 429.")
+    channels: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"],
+        description="Comma-separated channel name patterns (`*` wildcard) that may be used; others answer 404.",
+    )
+    default_channels: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_CHANNELS),
+        description="Channels of `/stream` when the request names none.",
+    )
+    max_payload_bytes: int = Field(65536, ge=1, description="Largest `POST /publish` body; larger answer 413.")
+    max_buffer_bytes: int = Field(
+        1048576, ge=1024, description="Bytes queued for one slow stream before it is disconnected (it resumes)."
+    )
+    max_channels_per_stream: int = Field(32, ge=1, description="Channels one stream may subscribe to.")
+    redis_pool_size: int = Field(8, ge=1, description="Command connections per process on the Redis broker.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level of `ssehub serve`."
+    )
+
+    _split = field_validator("channels", "default_channels", mode="before")(_split_csv)
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if value and not value.startswith("/"):
+            raise ValueError("prefix must start with '/' (or be empty)")
+        return value
+
+    @field_validator("default_channels")
+    @classmethod
+    def _check_default_channels(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("default_channels must name at least one channel")
+        for name in value:
+            validate_channel(name)
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in {"memory", "redis", "rediss", "redis+sentinel"}:
+            raise ValueError("broker_url must start with memory://, redis://, rediss:// or redis+sentinel://")
+        return value
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> Settings:
+        if self.heartbeat_interval >= self.connection_timeout:
+            raise ValueError("heartbeat_interval must be shorter than connection_timeout")
+        return self
