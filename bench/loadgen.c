@@ -70,6 +70,7 @@ static int o_pub_raw = 0, o_payload = 100, o_no_stop = 0, o_warm = 5, o_behind =
 static const char *o_mode = "ladder";
 static double o_step = 5, o_warmup = 1, o_drain = 3, o_p99_max_ms = 100, o_hold = 2, o_connect_timeout = 30;
 static double o_rates[64];
+static int o_server_pids[32], o_nserver_pids;
 static int o_nrates = 0;
 
 /* ---- state ---- */
@@ -95,6 +96,8 @@ static int storm_phase, storm_done_count;
 static int64_t storm_final_idx, storm_bad_gap, storm_bad_dup;
 static volatile sig_atomic_t stop_flag;
 
+static int64_t loop_now; /* refreshed by the event loop every few events: cheaper than a clock read per event */
+
 static int64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -105,6 +108,26 @@ static double cpu_seconds(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
+/* CPU seconds (user + system, all threads) used so far by the server processes named with --server-pids */
+static double server_cpu_seconds(void) {
+    double total = 0;
+    for (int k = 0; k < o_nserver_pids; k++) {
+        char path[64], buf[1024];
+        snprintf(path, sizeof path, "/proc/%d/stat", o_server_pids[k]);
+        FILE *f = fopen(path, "r");
+        if (!f) continue;
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        char *p = strrchr(buf, ')');
+        unsigned long long ut = 0, st = 0;
+        /* after the command name: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime */
+        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) == 2)
+            total += (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+    }
+    return total;
 }
 
 static void die(const char *msg) {
@@ -291,7 +314,7 @@ static void on_event(conn *c) {
         c->last_id_len = c->pend_id_len;
     }
     if (!c->has_s) return;
-    int64_t g = c->ev_s, now = now_ns();
+    int64_t g = c->ev_s, now = loop_now;
     if (g < 0 || g >= ev_n) return; /* not ours */
     c->recv++;
     if (storm_phase) {
@@ -386,19 +409,26 @@ static int on_header_line(conn *c, const char *l, int n) {
 
 /* feed decoded body bytes to the SSE line parser */
 static void sse_feed(conn *c, const char *b, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        char ch = b[i];
-        if (ch == '\n') {
-            int len = c->llen;
-            if (len && c->line[len - 1] == '\r') len--;
-            on_sse_line(c, c->line, len);
-            c->llen = 0;
-            c->line_overflow = 0;
-        } else if (c->llen < LINE_MAX_LEN) {
-            c->line[c->llen++] = ch;
+    while (n) {
+        const char *nl = memchr(b, '\n', n);
+        size_t take = nl ? (size_t)(nl - b) : n;
+        size_t room = LINE_MAX_LEN - c->llen;
+        if (take > room) {
+            c->line_overflow = 1; /* keep the head of an over-long line: the fields we need are at its start */
+            memcpy(c->line + c->llen, b, room);
+            c->llen = LINE_MAX_LEN;
         } else {
-            c->line_overflow = 1;
+            memcpy(c->line + c->llen, b, take);
+            c->llen += (uint16_t)take;
         }
+        if (!nl) return;
+        int len = c->llen;
+        if (len && c->line[len - 1] == '\r') len--;
+        on_sse_line(c, c->line, len);
+        c->llen = 0;
+        c->line_overflow = 0;
+        b = nl + 1;
+        n -= take + 1;
     }
 }
 
@@ -631,7 +661,10 @@ static int loop_until(int64_t deadline, cond_fn cond) {
         if (ms < 0) ms = 0;
         if (ms > 50) ms = 50;
         int n = epoll_wait(ep, evs, 1024, ms);
-        for (int i = 0; i < n; i++) handle(evs[i].data.ptr, evs[i].events);
+        for (int i = 0; i < n; i++) {
+            if ((i & 15) == 0) loop_now = now_ns();
+            handle(evs[i].data.ptr, evs[i].events);
+        }
     }
 }
 
@@ -653,7 +686,7 @@ static void open_subs(const char *phase) {
     next_sub_to_open = 0;
     n_failed = 0;
     int64_t t0 = now_ns();
-    double c0 = cpu_seconds();
+    double c0 = cpu_seconds(), s0 = server_cpu_seconds();
     loop_until(t0 + (int64_t)(o_connect_timeout * 1e9), all_subs_settled);
     int64_t t1 = now_ns();
     int64_t last_open = t0;
@@ -661,9 +694,10 @@ static void open_subs(const char *phase) {
         if (subs[i].state == S_BODY && subs[i].open_ns > last_open) last_open = subs[i].open_ns;
     double secs = (double)(last_open - t0) / 1e9;
     printf("{\"type\":\"connect\",\"phase\":\"%s\",\"subs\":%d,\"open\":%lld,\"failed\":%lld,\"pending\":%lld,"
-           "\"seconds\":%.3f,\"opens_per_s\":%.1f,\"loadgen_cpu_s\":%.3f,\"wall_s\":%.3f}\n",
+           "\"seconds\":%.3f,\"opens_per_s\":%.1f,\"loadgen_cpu_s\":%.3f,\"server_cpu_s\":%.3f,\"wall_s\":%.3f}\n",
            phase, o_subs, (long long)n_open, (long long)n_failed, (long long)n_pending, secs,
-           secs > 0 ? (double)n_open / secs : 0.0, cpu_seconds() - c0, (double)(t1 - t0) / 1e9);
+           secs > 0 ? (double)n_open / secs : 0.0, cpu_seconds() - c0, server_cpu_seconds() - s0,
+           (double)(t1 - t0) / 1e9);
     fflush(stdout);
 }
 
@@ -683,7 +717,7 @@ static int run_step(double rate, double step_s, int idx) {
     memset(hist, 0, sizeof(uint32_t) * HIST_BUCKETS);
     hist_n = hist_max_us = 0;
     int64_t closed0 = n_closed_unexpected;
-    double c0 = cpu_seconds();
+    double c0 = cpu_seconds(), s0 = server_cpu_seconds();
     int64_t n = (int64_t)(rate * step_s + 0.5);
     if (n < 1) n = 1;
     begin_plan(n, rate);
@@ -697,7 +731,7 @@ static int run_step(double rate, double step_s, int idx) {
     plan_n = plan_sent; /* stop publishing */
     loop_until(now_ns() + (int64_t)(o_drain * 1e9), drained);
     int64_t t1 = now_ns();
-    double cpu = cpu_seconds() - c0;
+    double cpu = cpu_seconds() - c0, scpu = server_cpu_seconds() - s0;
     int64_t ok = 0, last_send = t0;
     for (int64_t g = st_g0; g < ev_n; g++) {
         ok += ev_ok[g];
@@ -716,13 +750,14 @@ static int run_step(double rate, double step_s, int idx) {
            "\"lost\":%lld,\"late_prev\":%lld,\"dups\":%lld,\"order_violations\":%lld,\"closed\":%lld,"
            "\"offered_deliveries_per_s\":%.1f,\"deliveries_per_s\":%.1f,\"lat_samples\":%lld,"
            "\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,"
-           "\"publish_s\":%.3f,\"drain_s\":%.3f,\"loadgen_cpu_s\":%.3f,\"loadgen_cpu_pct\":%.1f,\"pass\":%s}\n",
+           "\"publish_s\":%.3f,\"drain_s\":%.3f,\"loadgen_cpu_s\":%.3f,\"loadgen_cpu_pct\":%.1f,"
+           "\"server_cpu_pct\":%.1f,\"pass\":%s}\n",
            idx, rate, o_subs, (long long)n_open, o_channels, (long long)n, (long long)sent, (long long)ok, achieved,
            (long long)st_expected, (long long)st_received, (long long)lost, (long long)st_late, (long long)st_dups,
            (long long)st_order, (long long)(n_closed_unexpected - closed0), rate * o_subs / o_channels,
            (double)st_received / pub_secs, (long long)hist_n, p50, p90, p99, p999, (double)hist_max_us / 1000.0,
            pub_secs, (double)(t1 - pub_end) / 1e9, cpu, 100.0 * cpu / ((double)(t1 - t0) / 1e9),
-           pass ? "true" : "false");
+           100.0 * scpu / ((double)(t1 - t0) / 1e9), pass ? "true" : "false");
     fflush(stdout);
     return pass;
 }
@@ -847,7 +882,12 @@ int main(int argc, char **argv) {
         else if (OPT("--hold")) o_hold = atof(v);
         else if (OPT("--warm")) o_warm = atoi(v);
         else if (OPT("--behind")) o_behind = atoi(v);
-        else if (OPT("--rates")) {
+        else if (OPT("--server-pids")) {
+            char *dup = strdup(v), *save = NULL;
+            for (char *tok = strtok_r(dup, ",", &save); tok && o_nserver_pids < 32; tok = strtok_r(NULL, ",", &save))
+                o_server_pids[o_nserver_pids++] = atoi(tok);
+            free(dup);
+        } else if (OPT("--rates")) {
             char *dup = strdup(v), *save = NULL;
             for (char *tok = strtok_r(dup, ",", &save); tok && o_nrates < 64; tok = strtok_r(NULL, ",", &save))
                 o_rates[o_nrates++] = atof(tok);

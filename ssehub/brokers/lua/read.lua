@@ -1,7 +1,7 @@
 -- ssehub read: events after an id on several channels, which channels expired, and the head. Atomic.
 -- KEYS[1] {p}:last-id  KEYS[2] {p}:floor  KEYS[3..] {p}:stream:<channel> (in the caller's order)
 -- ARGV[1] after id "<ms>-<seq>"  ARGV[2] limit per channel  ARGV[3] history ttl in ms
--- Returns {head or false, {expired 0|1, entries}, ...}; entries as XRANGE returns them.
+-- Returns {head, {expired 0|1, entries}, ...}; entries as XRANGE returns them.
 -- It trims by age first (a write), so a quiet channel's old events are not returned past the ttl.
 
 local function parse(id)
@@ -28,10 +28,16 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cutoff = string.format('%.0f', now - tonumber(ARGV[3]))
 local after = ARGV[1]
 local last = redis.call('GET', KEYS[1])
+if not last then
+  -- First use (or the data was lost): start the sequence now, as head.lua does.
+  last = string.format('%.0f-0', now)
+  redis.call('SET', KEYS[1], last)
+  redis.call('SET', KEYS[2], last, 'NX')
+end
 local floor = redis.call('GET', KEYS[2]) or '0-0'
 -- An id above the head was not issued here (another Redis, or data lost): every channel is unknown.
-local unknown = (not last) or less(last, after)
-local result = {last or false}
+local unknown = less(last, after)
+local result = {last}
 for i = 3, #KEYS do
   local key = KEYS[i]
   if unknown then

@@ -1,0 +1,1 @@
+"""The naive baseline of the benchmark (not part of ssehub)."""
