@@ -25,6 +25,7 @@ CloseReason = Literal["client", "timeout", "overflow", "shutdown", "error"]
 
 #: How long the final write of a stream may take before the connection is abandoned.
 _FINAL_WRITE_TIMEOUT = 5.0
+_OVERFLOW_WRITE_TIMEOUT = 0.25
 
 
 class Connection:
@@ -122,8 +123,7 @@ class Connection:
         try:
             await asyncio.wait((watcher, writer, closed_signal), return_when=asyncio.FIRST_COMPLETED)
             if not writer.done() and self.close_reason != "client":
-                grace = 0.5 if self.close_reason == "overflow" else _FINAL_WRITE_TIMEOUT
-                await asyncio.wait((writer,), timeout=grace)
+                await asyncio.wait((writer,), timeout=self._final_write_timeout())
         finally:
             self._closed_signal = None
             for task in (watcher, writer):
@@ -137,7 +137,13 @@ class Connection:
             # at all could hold this write forever: bound it.
             try:
                 await asyncio.wait_for(
-                    send({"type": "http.response.body", "body": b"", "more_body": False}), _FINAL_WRITE_TIMEOUT
+                    send({"type": "http.response.body", "body": b"", "more_body": False}),
+                    self._final_write_timeout(),
                 )
             except TimeoutError:
-                logger.warning("connection %s: the client does not read; abandoning the stream", self.id)
+                # The server then reports an incomplete response and closes the socket: what we want here.
+                logger.warning("connection %s (%s): the client does not read; dropping it", self.id, self.close_reason)
+
+    def _final_write_timeout(self) -> float:
+        # A client cut off for falling behind is known not to read: do not wait on it for long.
+        return _OVERFLOW_WRITE_TIMEOUT if self.close_reason == "overflow" else _FINAL_WRITE_TIMEOUT

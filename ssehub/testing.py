@@ -144,9 +144,8 @@ def running_server(app: ASGIApp, *, timeout: float = 10.0, **config: Any) -> Ite
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2, **config)
-    )
+    options: dict[str, Any] = {"log_level": "warning", "timeout_graceful_shutdown": 2, **config}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
@@ -172,6 +171,10 @@ class EventStream:
         self._ready: deque[SSEMessage] = deque()
         self._timeout = default_timeout
         self.ended = False
+
+    async def aclose(self) -> None:
+        """Stop reading (the response itself is closed by its owner)."""
+        await self._chunks.aclose()  # type: ignore[attr-defined]
 
     async def next(self, timeout: float | None = None) -> SSEMessage:
         """The next event (heartbeats included).
@@ -217,6 +220,14 @@ class EventStream:
 async def open_stream(
     client: httpx.AsyncClient, url: str, *, headers: dict[str, str] | None = None, timeout: float = 5.0
 ) -> AsyncIterator[EventStream]:
-    """Open a stream and yield an :class:`EventStream` over it (whatever the status: check ``.response``)."""
+    """Open a stream and yield an :class:`EventStream` over it (whatever the status: check ``.response``).
+
+    The stream stays open until the block exits, even if the caller drops its reference: this frame keeps the
+    reader alive (a collected, unfinished ``aiter_raw`` generator would close the response under the caller).
+    """
     async with client.stream("GET", url, headers=headers, timeout=timeout) as response:
-        yield EventStream(response, timeout)
+        stream = EventStream(response, timeout)
+        try:
+            yield stream
+        finally:
+            await stream.aclose()
