@@ -4,8 +4,6 @@ Publish events to named channels; browsers and services subscribe to one or more
 within milliseconds; a subscriber that reconnects gets exactly what it missed.
 """
 
-from __future__ import annotations
-
 from ssehub.app import create_api, create_app
 from ssehub.brokers import Broker, BrokerStatus, History, MemoryBroker, create_broker
 from ssehub.encoder import encode
