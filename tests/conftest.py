@@ -35,7 +35,7 @@ def make_settings(**overrides: Any) -> Settings:
     """Test settings: no .env file, short intervals unless a test says otherwise."""
     values: dict[str, Any] = {"heartbeat_interval": 30.0, "connection_timeout": 300.0, "broker_url": "memory://"}
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from ssehub.testing import SSEParser, free_port
+from ssehub.testing import SSEMessage, SSEParser, free_port
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -80,10 +80,17 @@ def test_publish_command_reaches_a_subscriber(served: Served) -> None:
         chunks = response.iter_raw()
         messages = parser.feed(next(chunks))
         assert messages[0].event == "connected"
-        result = _ssehub("publish", "download:updates", "download_progress", '{"download_id": 1, "progress": 10}', "--url", served.api)
+        result = _ssehub(
+            "publish",
+            "download:updates",
+            "download_progress",
+            '{"download_id": 1, "progress": 10}',
+            "--url",
+            served.api,
+        )
         assert result.returncode == 0, result.stderr
         published = json.loads(result.stdout)
-        seen = []
+        seen: list[SSEMessage] = []
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not any(m.event == "download_progress" for m in seen):
             seen.extend(parser.feed(next(chunks)))
@@ -102,7 +109,8 @@ def test_publish_command_errors(served: Served) -> None:
     assert "DATA must be JSON" in bad_json.stderr
     refused = _ssehub("publish", "bad channel", "e", "1", "--url", served.api)
     assert refused.returncode == 1
-    assert "422" in refused.stderr and "INVALID_CHANNEL" in refused.stderr
+    assert "422" in refused.stderr
+    assert "INVALID_CHANNEL" in refused.stderr
     unreachable = _ssehub("publish", "a:1", "e", "1", "--url", f"http://127.0.0.1:{free_port()}/x", "--timeout", "2")
     assert unreachable.returncode == 1
     assert "cannot reach" in unreachable.stderr

@@ -106,7 +106,9 @@ async def test_slow_subscriber_is_disconnected_without_hurting_others(
     slow = socket.socket()
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
     slow.connect((host, int(port)))
-    slow.sendall(f"GET {server.api.removeprefix(server.base_url)}/stream?channels=big:1 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    slow.sendall(
+        f"GET {server.api.removeprefix(server.base_url)}/stream?channels=big:1 HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    )
     payload = "x" * 30000
     try:
         async with open_stream(client, f"{server.api}/stream?channels=big:1", timeout=10) as fast:
@@ -143,7 +145,9 @@ async def test_slow_subscriber_is_disconnected_without_hurting_others(
         ("channels=a:1&x=" + "v" * 300, 422, "INVALID_FILTER"),
     ],
 )
-async def test_bad_stream_requests(start_server: ServerFactory, client: httpx.AsyncClient, query: str, status: int, code: str) -> None:
+async def test_bad_stream_requests(
+    start_server: ServerFactory, client: httpx.AsyncClient, query: str, status: int, code: str
+) -> None:
     """Bad stream requests get a 4xx JSON answer naming the problem, never a 200 or a 500."""
     server = start_server()
     response = await client.get(f"{server.api}/stream?{query}")

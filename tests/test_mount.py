@@ -31,7 +31,9 @@ async def test_fastapi_route_publishes_to_mounted_stream(client: httpx.AsyncClie
 
     @app.post("/downloads/{download_id}/progress")
     async def progress(download_id: int, value: int) -> dict[str, str]:
-        event = await hub.publish("download:updates", "download_progress", {"download_id": download_id, "progress": value})
+        event = await hub.publish(
+            "download:updates", "download_progress", {"download_id": download_id, "progress": value}
+        )
         return {"id": str(event.id)}
 
     with running_server(app) as base:

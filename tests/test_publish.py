@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 
@@ -65,7 +67,7 @@ async def test_oversized_body_answers_413(start_server: ServerFactory, client: h
     response = await client.post(f"{server.api}/publish", json=big)
     assert (response.status_code, response.json()["code"]) == (413, "PAYLOAD_TOO_LARGE")
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         yield b'{"channel": "a:1", "event": "e", "data": "'
         for _ in range(10):
             yield b"y" * 200

@@ -132,7 +132,9 @@ async def test_reset_when_history_aged_out(start_server: ServerFactory, client: 
 
 
 @pytest.mark.parametrize("bad_id", ["garbage", "1-2-3", "-1-0", "12345678901234567890-0", "1.5-0", "01-0"])
-async def test_malformed_last_event_id_falls_back_to_reset(server: Server, client: httpx.AsyncClient, bad_id: str) -> None:
+async def test_malformed_last_event_id_falls_back_to_reset(
+    server: Server, client: httpx.AsyncClient, bad_id: str
+) -> None:
     """A Last-Event-ID ssehub never issued gives the documented fallback: 200, then a reset event."""
     async with open_stream(client, f"{server.api}/stream?channels=a:1", headers={"Last-Event-ID": bad_id}) as stream:
         assert stream.response.status_code == 200

@@ -19,7 +19,7 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("SSEHUB_ENABLE_SSE", "false")
     monkeypatch.setenv("SSEHUB_CHANNELS", "download:*, queue:updates")
     monkeypatch.setenv("SSEHUB_PREFIX", "/events/")
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     assert settings.max_connections == 7
     assert settings.enable_sse is False
     assert settings.channels == ["download:*", "queue:updates"]

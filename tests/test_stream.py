@@ -56,7 +56,7 @@ async def test_raw_frame_bytes(server: Server, client: httpx.AsyncClient) -> Non
         assert first.startswith(b"retry: 3000\nid: ")
         event_id = await publish(client, server, "queue:updates", "queue_update", {"size": 3})
         frame = await asyncio.wait_for(anext(chunks), 2)
-    assert frame == f"id: {event_id}\nevent: queue_update\ndata: {{\"size\":3}}\n\n".encode()
+    assert frame == f'id: {event_id}\nevent: queue_update\ndata: {{"size":3}}\n\n'.encode()
 
 
 async def test_fan_out_to_many_subscribers(server: Server, client: httpx.AsyncClient) -> None:
