@@ -130,14 +130,14 @@ class StreamEndpoint:
             return
         try:
             channels, filters, last_event_id = self._request_args(request)
-            subscription = hub.subscribe(channels, filters=filters, last_event_id=last_event_id)
+            subscription = hub.subscribe(channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope)
             sub = await subscription.__aenter__()
         except _HUB_ERRORS as exc:
             await _error_for(exc)(scope, receive, send)
             return
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
-            await sub.connection.run(send, receive)
+            await sub.connection.run(receive)
         except BaseException as exc:
             if not await subscription.__aexit__(type(exc), exc, exc.__traceback__):
                 raise
@@ -198,46 +198,116 @@ async def _health(request: Request) -> Response:
     return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
 
-def create_api(hub: Hub) -> Starlette:
-    """The API's routes (relative to the prefix) as an app to mount; the caller runs the hub's lifetime."""
-    routes = [
-        Route("/stream", StreamEndpoint(hub), methods=["GET"]),
-        Route("/downloads/{download_id}", StreamEndpoint(hub, ["download:updates"], "download_id"), methods=["GET"]),
-        Route("/queue", StreamEndpoint(hub, ["queue:updates"]), methods=["GET"]),
-        Route("/health", _health, methods=["GET"]),
-        Route("/publish", _publish, methods=["POST"]),
-    ]
-    api = Starlette(routes=routes, exception_handlers=_EXCEPTION_HANDLERS)
-    api.state.hub = hub
-    return api
+def _route_path(scope: Scope) -> str:
+    """The path below the app's root path (as Starlette's router computes it)."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path) and path != root_path and path[len(root_path)] == "/":
+        return path[len(root_path) :]
+    return path
 
 
-def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> Starlette:
-    """A standalone app: the API mounted at ``settings.prefix``, its hub started and stopped by the lifespan.
+class API:
+    """The HTTP API as one ASGI app, with paths relative to where it is mounted.
+
+    Stream requests (``GET /stream``, ``/queue``, ``/downloads/{id}``) go straight to their endpoint; the rest
+    (publish, health, refusals) to a small Starlette app. A stream lives for minutes, and every coroutine
+    frame between the server and the endpoint lives as long: skipping the middleware stack for streams saves
+    several KiB per open connection (see docs/performance.md).
+    """
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self._stream = StreamEndpoint(hub)
+        self._queue = StreamEndpoint(hub, ["queue:updates"])
+        self._downloads = StreamEndpoint(hub, ["download:updates"], "download_id")
+        routes = [
+            Route("/stream", self._stream, methods=["GET"]),
+            Route("/downloads/{download_id}", self._downloads, methods=["GET"]),
+            Route("/queue", self._queue, methods=["GET"]),
+            Route("/health", _health, methods=["GET"]),
+            Route("/publish", _publish, methods=["POST"]),
+        ]
+        self._other = Starlette(routes=routes, exception_handlers=_EXCEPTION_HANDLERS)
+        self._other.state.hub = hub
+        self.state = self._other.state
+
+    def match_stream(self, path: str) -> tuple[StreamEndpoint, dict[str, str]] | None:
+        """The stream endpoint for a path relative to the API, with its path parameters."""
+        if path == "/stream":
+            return self._stream, {}
+        if path == "/queue":
+            return self._queue, {}
+        if path.startswith("/downloads/"):
+            download_id = path[len("/downloads/") :]
+            if download_id and "/" not in download_id:
+                return self._downloads, {"download_id": download_id}
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            found = self.match_stream(_route_path(scope))
+            if found is not None:
+                endpoint, scope["path_params"] = found
+                await endpoint(scope, receive, send)
+                return
+        await self._other(scope, receive, send)
+
+
+def create_api(hub: Hub) -> API:
+    """The API (paths relative to the mount point) as an app to mount; the caller runs the hub's lifetime."""
+    return API(hub)
+
+
+class App:
+    """A standalone ssehub application: the API at ``settings.prefix`` and a lifespan that runs the hub.
+
+    Attributes:
+        hub: the hub it serves.
+        state: Starlette-style state (``state.hub``).
+    """
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.api = API(hub)
+        self._prefix = hub.settings.prefix
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            async with hub:
+                yield
+
+        self._starlette = Starlette(
+            routes=[Mount(self._prefix, app=self.api)], lifespan=lifespan, exception_handlers=_EXCEPTION_HANDLERS
+        )
+        self.state = self._starlette.state
+        self.state.hub = hub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            path = _route_path(scope)
+            if path.startswith(self._prefix):
+                found = self.api.match_stream(path[len(self._prefix) :])
+                if found is not None:
+                    endpoint, scope["path_params"] = found
+                    await endpoint(scope, receive, send)
+                    return
+        await self._starlette(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> App:
+    """A standalone ASGI app: the API mounted at ``settings.prefix``, its hub started and stopped by the lifespan.
 
     Args:
         settings: configuration; read from the environment when omitted.
         hub: an existing hub (its settings win); a new one is built when omitted.
     """
-    hub = hub if hub is not None else Hub(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with hub:
-            yield
-
-    app = Starlette(
-        routes=[Mount(hub.settings.prefix, app=create_api(hub))],
-        lifespan=lifespan,
-        exception_handlers=_EXCEPTION_HANDLERS,
-    )
-    app.state.hub = hub
-    return app
+    return App(hub if hub is not None else Hub(settings))
 
 
-def create_app_from_env() -> Starlette:
+def create_app_from_env() -> App:
     """Factory for ``uvicorn --factory`` and worker processes: settings from the environment."""
     return create_app(Settings())
 
 
-__all__ = ["StreamEndpoint", "create_api", "create_app", "create_app_from_env", "error_response"]
+__all__ = ["API", "App", "StreamEndpoint", "create_api", "create_app", "create_app_from_env", "error_response"]

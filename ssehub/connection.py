@@ -1,13 +1,22 @@
-"""One open stream: a bounded outgoing buffer and the task that writes it.
+"""One open stream: a bounded outgoing buffer, flushed in one write per event-loop iteration.
 
-The hub's fan-out loop calls :meth:`Connection.push` with bytes that were encoded once for everyone. ``push``
-never blocks and never awaits: it appends to the buffer and wakes the writer. The writer joins everything
-queued since its last write into ONE ``send`` (one write system call), so a burst of events costs one
-wake-up and one write per connection, not one per event.
+The hub's fan-out loop calls :meth:`Connection.push` with bytes encoded once for everyone. ``push`` never
+blocks and never awaits: it appends to the buffer and marks the connection dirty; the hub flushes every
+dirty connection once per loop iteration, so everything queued for a connection since its last write goes
+out in ONE write.
 
-Backpressure policy (named, bounded): when more than ``max_buffer_bytes`` wait for a connection, the client is
-not keeping up. Its buffer is dropped and the stream is ended; the client reconnects with its Last-Event-ID
-and the hub replays what it missed from history. A slow client therefore never slows the others and never
+Two writers, chosen when the stream starts:
+
+- **direct** (served by uvicorn's httptools protocol, HTTP/1.1, ``send`` not wrapped by middleware): the
+  response starts and ends through ASGI ``send``, but body chunks go straight to the transport, framed for
+  chunked transfer encoding once per event (``Event.chunk``) rather than once per connection, and honouring
+  uvicorn's flow control (a paused transport means a slow client). No task runs per connection for writing.
+- **portable** (any other ASGI server, or a ``send`` wrapped by middleware as inside FastAPI): a writer task
+  per connection joins the queued frames and awaits ``send``.
+
+Backpressure policy (named, bounded): when more than ``max_buffer_bytes`` wait for a connection, the client
+is not keeping up. Its buffer is dropped and the stream is ended; the client reconnects with its
+Last-Event-ID and the hub replays what it missed from history. A slow client never slows the others and never
 grows memory beyond its bound.
 """
 
@@ -15,9 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
-from ssehub._types import Receive, Send
+from ssehub._types import Receive, Scope, Send
 
 logger = logging.getLogger("ssehub.connection")
 
@@ -26,6 +36,23 @@ CloseReason = Literal["client", "timeout", "overflow", "shutdown", "error"]
 #: How long the final write of a stream may take before the connection is abandoned.
 _FINAL_WRITE_TIMEOUT = 5.0
 _OVERFLOW_WRITE_TIMEOUT = 0.25
+_UVICORN_CYCLE = ("uvicorn.protocols.http.httptools_impl", "RequestResponseCycle")
+
+
+def chunk(frame: bytes) -> bytes:
+    """``frame`` framed as one HTTP/1.1 chunk (what the direct writer sends)."""
+    return b"%x\r\n%b\r\n" % (len(frame), frame)
+
+
+def _direct_cycle(send: Send, scope: Scope) -> Any:
+    """uvicorn's request cycle behind ``send`` if the direct writer can use it, else ``None``."""
+    cycle = getattr(send, "__self__", None)
+    kind = type(cycle)
+    if (kind.__module__, kind.__name__) != _UVICORN_CYCLE or scope.get("http_version") != "1.1":
+        return None
+    if not all(hasattr(cycle, name) for name in ("transport", "flow", "disconnected", "chunked_encoding")):
+        return None
+    return cycle
 
 
 class Connection:
@@ -34,44 +61,55 @@ class Connection:
     Args:
         connection_id: an id shown to the client and in logs.
         max_buffer_bytes: bytes that may wait before the stream is ended as too slow.
+        mark_dirty: called with the connection when it gets its first queued frame since its last flush.
+        deadline: loop time at which the stream ends (``connection_timeout``).
     """
 
-    __slots__ = ("_buffer", "_buffered", "_closed_signal", "_max_buffer", "_waiter", "close_reason", "closed", "id")
+    __slots__ = (
+        "_buffer",
+        "_buffered",
+        "_closed_signal",
+        "_cycle",
+        "_direct",
+        "_mark_dirty",
+        "_max_buffer",
+        "_send",
+        "_waiter",
+        "_writer",
+        "close_reason",
+        "closed",
+        "deadline",
+        "id",
+    )
 
-    def __init__(self, connection_id: str, max_buffer_bytes: int) -> None:
+    def __init__(
+        self,
+        connection_id: str,
+        max_buffer_bytes: int,
+        mark_dirty: Callable[[Connection], None],
+        deadline: float,
+        send: Send | None = None,
+        scope: Scope | None = None,
+    ) -> None:
         self.id = connection_id
+        self.deadline = deadline
+        self._max_buffer = max_buffer_bytes
+        self._mark_dirty = mark_dirty
         self._buffer: list[bytes] = []
         self._buffered = 0
-        self._max_buffer = max_buffer_bytes
+        self._send = send
+        self._cycle: Any = _direct_cycle(send, scope or {}) if send is not None else None
+        self._direct = self._cycle is not None
+        self._writer: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._closed_signal: asyncio.Future[None] | None = None
         self.closed = False
         self.close_reason: CloseReason | None = None
 
-    def push(self, frame: bytes) -> None:
-        """Queue ``frame`` for writing. Never blocks; a connection over its bound is closed instead."""
-        if self.closed:
-            return
-        self._buffer.append(frame)
-        self._buffered += len(frame)
-        if self._buffered > self._max_buffer:
-            self._buffer.clear()
-            self._buffered = 0
-            self.close("overflow")
-            return
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def close(self, reason: CloseReason) -> None:
-        """End the stream soon (the writer finishes it). The first reason wins."""
-        if self.closed:
-            return
-        self.closed = True
-        self.close_reason = reason
-        for future in (self._waiter, self._closed_signal):
-            if future is not None and not future.done():
-                future.set_result(None)
+    @property
+    def direct(self) -> bool:
+        """Whether body chunks go straight to the transport (see the module docstring)."""
+        return self._direct
 
     @property
     def max_buffer_bytes(self) -> int:
@@ -80,10 +118,69 @@ class Connection:
 
     @property
     def buffered_bytes(self) -> int:
-        """Bytes queued and not yet handed to the server."""
+        """Bytes queued and not yet written."""
         return self._buffered
 
-    async def _write_loop(self, send: Send) -> None:
+    def push(self, frame: bytes, framed: bytes | None = None) -> None:
+        """Queue an SSE ``frame`` (``framed``: the same as an HTTP chunk, if the caller has it cached).
+
+        Never blocks; a connection over its bound is closed instead.
+        """
+        if self.closed:
+            return
+        data = (framed if framed is not None else chunk(frame)) if self._direct else frame
+        buffer = self._buffer
+        buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered > self._max_buffer:
+            buffer.clear()
+            self._buffered = 0
+            self.close("overflow")
+        elif len(buffer) == 1:
+            self._mark_dirty(self)
+
+    def flush(self) -> None:
+        """Write everything queued, in one write (the hub calls this once per loop iteration)."""
+        buffer = self._buffer
+        if not buffer or self._closed_signal is None:
+            return  # nothing queued, or the response has not started yet: run() flushes when it starts
+        if not self._direct:
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            return
+        if self._writer is not None:
+            return  # a write waits for the transport to drain; it takes the rest when it runs
+        cycle = self._cycle
+        if cycle.disconnected:
+            self.close("client")
+            return
+        if cycle.flow.write_paused:
+            self._writer = asyncio.get_running_loop().create_task(self._drain_then_write())
+            return
+        data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
+        buffer.clear()
+        self._buffered = 0
+        cycle.transport.write(data)
+
+    async def _drain_then_write(self) -> None:
+        """Direct writer, slow path: wait for uvicorn's flow control, then write what has queued meanwhile."""
+        cycle = self._cycle
+        try:
+            while self._buffer and not cycle.disconnected:
+                if cycle.flow.write_paused:
+                    await cycle.flow.drain()
+                    continue
+                data = b"".join(self._buffer)
+                self._buffer.clear()
+                self._buffered = 0
+                cycle.transport.write(data)
+        finally:
+            self._writer = None
+        if cycle.disconnected:
+            self.close("client")
+
+    async def _portable_writer(self, send: Send) -> None:
         loop = asyncio.get_running_loop()
         buffer = self._buffer
         while True:
@@ -101,6 +198,16 @@ class Connection:
                 finally:
                     self._waiter = None
 
+    def close(self, reason: CloseReason) -> None:
+        """End the stream soon. The first reason wins."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        for future in (self._waiter, self._closed_signal):
+            if future is not None and not future.done():
+                future.set_result(None)
+
     async def _watch_disconnect(self, receive: Receive) -> None:
         while True:
             message = await receive()
@@ -108,42 +215,72 @@ class Connection:
                 self.close("client")
                 return
 
-    async def run(self, send: Send, receive: Receive) -> None:
-        """Write queued frames until the stream is closed, then end the response.
+    async def run(self, receive: Receive) -> None:
+        """Stream until closed (by the hub, the client, a timeout or overflow), then end the response.
 
-        The writer and the disconnect watcher run as two tasks; the first to finish ends the other. A close
-        from the hub (timeout, overflow, shutdown) lets the writer flush for a bounded time: a writer blocked
-        on a client that does not read is cancelled rather than waited for.
+        The response must have been started with ``send`` (status and headers).
         """
+        send = self._send
+        assert send is not None, "a connection needs send to run"
+        if self._direct and self._cycle.chunked_encoding is not True:
+            self._direct = False  # uvicorn chose another framing: fall back (never seen; kept safe)
+            self._buffer = [_unchunk(data) for data in self._buffer]
         closed_signal = self._closed_signal = asyncio.get_running_loop().create_future()
         if self.closed:
             closed_signal.set_result(None)
-        watcher = asyncio.create_task(self._watch_disconnect(receive), name=f"ssehub-watch-{self.id}")
-        writer = asyncio.create_task(self._write_loop(send), name=f"ssehub-write-{self.id}")
+        tasks: list[asyncio.Task[None]] = [asyncio.create_task(self._watch_disconnect(receive))]
+        if not self._direct:
+            tasks.append(asyncio.create_task(self._portable_writer(send)))
+        self.flush()
         try:
-            await asyncio.wait((watcher, writer, closed_signal), return_when=asyncio.FIRST_COMPLETED)
-            if not writer.done() and self.close_reason != "client":
-                await asyncio.wait((writer,), timeout=self._final_write_timeout())
+            await asyncio.wait([closed_signal, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            if self.close_reason != "client":
+                await self._finish_writes(tasks[1:])
         finally:
-            self._closed_signal = None
-            for task in (watcher, writer):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(watcher, writer, return_exceptions=True)
-        if not writer.cancelled() and writer.exception() is not None:
-            self.close("error")
-            raise writer.exception()  # type: ignore[misc]
+            writer = self._writer
+            if writer is not None:
+                writer.cancel()
+                tasks.append(writer)
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks[1:2]:
+            if not task.cancelled() and task.exception() is not None:
+                self.close("error")
+                raise task.exception()  # type: ignore[misc]
         if self.close_reason != "client":
-            # End the response cleanly so the client reconnects and resumes. A client that does not read
-            # at all could hold this write forever: bound it.
+            # End the response cleanly so the client reconnects and resumes. A client that does not read at
+            # all could hold this write forever: bound it.
             try:
                 await asyncio.wait_for(
-                    send({"type": "http.response.body", "body": b"", "more_body": False}),
-                    self._final_write_timeout(),
+                    send({"type": "http.response.body", "body": b"", "more_body": False}), self._final_timeout()
                 )
             except TimeoutError:
                 # The server then reports an incomplete response and closes the socket: what we want here.
                 logger.warning("connection %s (%s): the client does not read; dropping it", self.id, self.close_reason)
 
-    def _final_write_timeout(self) -> float:
+    async def _finish_writes(self, portable_writer: list[asyncio.Task[None]]) -> None:
+        """Let queued frames go out (timeout, shutdown) within a bound; a too-slow client gets little time."""
+        timeout = self._final_timeout()
+        if portable_writer:
+            await asyncio.wait(portable_writer, timeout=timeout)
+            return
+        self.flush()
+        if self._writer is not None:
+            await asyncio.wait([self._writer], timeout=timeout)
+
+    def _final_timeout(self) -> float:
         # A client cut off for falling behind is known not to read: do not wait on it for long.
         return _OVERFLOW_WRITE_TIMEOUT if self.close_reason == "overflow" else _FINAL_WRITE_TIMEOUT
+
+
+def _unchunk(data: bytes) -> bytes:
+    """The frames inside HTTP chunks made by :func:`chunk` (only for the fallback in ``run``)."""
+    frames = []
+    while data:
+        size_end = data.index(b"\r\n")
+        size = int(data[:size_end], 16)
+        start = size_end + 2
+        frames.append(data[start : start + size])
+        data = data[start + size + 2 :]
+    return b"".join(frames)

@@ -18,6 +18,7 @@ import json
 import re
 from typing import Any, NamedTuple
 
+from ssehub.connection import chunk
 from ssehub.encoder import encode
 from ssehub.exceptions import InvalidEventIdError, InvalidValueError
 
@@ -106,7 +107,7 @@ class Event:
     The SSE bytes of an event are computed once (``frame``) and shared by every subscriber.
     """
 
-    __slots__ = ("_fields", "_frame", "channel", "data", "event", "id")
+    __slots__ = ("_chunk", "_fields", "_frame", "channel", "data", "event", "id")
 
     def __init__(self, id: EventId, channel: str, event: str, data: str) -> None:
         self.id = id
@@ -114,6 +115,7 @@ class Event:
         self.event = event
         self.data = data
         self._frame: bytes | None = None
+        self._chunk: bytes | None = None
         self._fields: dict[str, Any] | None = None
 
     @property
@@ -123,6 +125,14 @@ class Event:
         if frame is None:
             frame = self._frame = encode(self.data, event=self.event, id=str(self.id))
         return frame
+
+    @property
+    def chunk(self) -> bytes:
+        """The frame as one HTTP/1.1 chunk, framed once for every connection that writes chunks directly."""
+        framed = self._chunk
+        if framed is None:
+            framed = self._chunk = chunk(self.frame)
+        return framed
 
     @property
     def fields(self) -> dict[str, Any]:

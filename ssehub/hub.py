@@ -24,8 +24,9 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from ssehub._types import Scope, Send
 from ssehub.brokers import Broker, create_broker
-from ssehub.connection import Connection
+from ssehub.connection import Connection, chunk
 from ssehub.encoder import encode
 from ssehub.events import Event, EventId, dump_json, validate_channel, validate_event_type
 from ssehub.exceptions import (
@@ -99,11 +100,14 @@ class Subscription:
 
     def hold(self, event: Event) -> None:
         """Keep a live event aside while catching up, within the connection's buffer bound."""
-        assert self.pending is not None
-        self.pending.append(event)
+        pending = self.pending
+        if pending is None:
+            self.connection.push(event.frame, event.chunk)
+            return
+        pending.append(event)
         self.pending_bytes += len(event.frame)
         if self.pending_bytes > self.connection.max_buffer_bytes:
-            self.pending.clear()
+            pending.clear()
             self.connection.close("overflow")
 
 
@@ -140,13 +144,6 @@ class _ChannelIndex:
         self.count -= 1
 
 
-def _deliver(sub: Subscription, event: Event) -> None:
-    if sub.pending is None:
-        sub.connection.push(event.frame)
-    else:
-        sub.hold(event)
-
-
 class Hub:
     """Channels, subscriptions and fan-out for one process. Use it as an async context manager.
 
@@ -165,6 +162,8 @@ class Hub:
         self._to_release: set[str] = set()
         self._sync_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._dirty: list[Connection] = []
+        self._flush_scheduled = False
         self._running = False
         patterns = self.settings.channels
         self._allow_all = "*" in patterns
@@ -176,6 +175,7 @@ class Hub:
         await self.broker.start(self._on_event)
         self._running = True
         self._spawn(self._heartbeat_loop(), "ssehub-heartbeat")
+        self._spawn(self._timeout_loop(), "ssehub-timeouts")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -255,9 +255,10 @@ class Hub:
             return
         if index.plain:
             frame = event.frame
+            framed = event.chunk
             for sub in index.plain:
                 if sub.pending is None:
-                    sub.connection.push(frame)
+                    sub.connection.push(frame, framed)
                 else:
                     sub.hold(event)
         if index.by_field:
@@ -268,15 +269,46 @@ class Hub:
                 if subs:
                     for sub in subs:
                         if sub.rest is None or sub.accepts(fields):
-                            _deliver(sub, event)
+                            sub.hold(event)
+
+    def _mark_dirty(self, connection: Connection) -> None:
+        """A connection has frames queued: flush it (with every other one) at the end of this loop iteration."""
+        self._dirty.append(connection)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        # Everything pushed during this loop iteration (a burst of events) goes out in one write per connection.
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for connection in dirty:
+            connection.flush()
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval
         while True:
             await asyncio.sleep(interval)
             frame = encode(dump_json({"time": round(time.time(), 3)}), event="heartbeat")
+            framed = chunk(frame)
             for connection in self._connections:
-                connection.push(frame)
+                connection.push(frame, framed)
+
+    async def _timeout_loop(self) -> None:
+        """End streams older than connection_timeout. Connections are kept in the order they opened, and all
+        share one timeout, so only the oldest need looking at: no timer per connection."""
+        loop = asyncio.get_running_loop()
+        period = min(1.0, self.settings.connection_timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            expired = []
+            for connection in self._connections:
+                if connection.deadline > now:
+                    break
+                expired.append(connection)
+            for connection in expired:
+                connection.close("timeout")
 
     # -- subscribing ----------------------------------------------------------------------------------------
 
@@ -295,6 +327,8 @@ class Hub:
         *,
         filters: Mapping[str, str] | None = None,
         last_event_id: str | None = None,
+        send: Send | None = None,
+        scope: Scope | None = None,
     ) -> AsyncIterator[Subscription]:
         """Open a subscription; its connection already holds the first frames when this yields.
 
@@ -326,23 +360,26 @@ class Hub:
         resume_from = self._parse_resume_id(last_event_id)
 
         self._active += 1
-        connection = Connection(secrets.token_hex(8), self.settings.max_buffer_bytes)
+        connection = Connection(
+            secrets.token_hex(8),
+            self.settings.max_buffer_bytes,
+            self._mark_dirty,
+            asyncio.get_running_loop().time() + self.settings.connection_timeout,
+            send,
+            scope,
+        )
         sub = Subscription(unique, checked_filters, connection)
         for name in unique:
             index = self._index.get(name)
             if index is None:
                 index = self._index[name] = _ChannelIndex()
             index.add(sub)
-        timer: asyncio.TimerHandle | None = None
         try:
             await self._acquire_broker_channels(unique)
             await self._catch_up(sub, resume_from, last_event_id)
             self._connections[connection] = None
-            timer = asyncio.get_running_loop().call_later(self.settings.connection_timeout, connection.close, "timeout")
             yield sub
         finally:
-            if timer is not None:
-                timer.cancel()
             self._connections.pop(connection, None)
             connection.close("shutdown")
             for name in unique:
@@ -393,7 +430,7 @@ class Hub:
             else:
                 for event in history.events:
                     if not sub.filters or sub.accepts(event.fields):
-                        connection.push(event.frame)
+                        connection.push(event.frame, event.chunk)
         else:
             cutoff = await self.broker.head()
             info["resumed"] = False
@@ -408,7 +445,7 @@ class Hub:
         sub.pending = None
         for event in pending:
             if event.id > cutoff:
-                connection.push(event.frame)
+                connection.push(event.frame, event.chunk)
 
     def _push_reset(self, sub: Subscription, reason: str, channels: list[str], head: EventId) -> None:
         data = dump_json({"reason": reason, "channels": channels})

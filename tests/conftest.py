@@ -9,8 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
-from ssehub import Hub, Settings, create_app
+from ssehub import Hub, Settings, create_api, create_app
 from ssehub.testing import running_server
 
 
@@ -38,16 +40,42 @@ def make_settings(**overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)
 
 
+def mounted_app(hub: Hub) -> Starlette:
+    """The API mounted in a Starlette app whose lifespan runs the hub (as an application embeds ssehub).
+
+    Starlette's middleware wraps ``send``, so streams here use the portable writer.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with hub:
+            yield
+
+    return Starlette(routes=[Mount(hub.settings.prefix, app=create_api(hub))], lifespan=lifespan)
+
+
+@pytest.fixture(params=["direct", "portable"])
+def writer(request: pytest.FixtureRequest) -> str:
+    """Which connection writer the servers of a test use: every stream scenario runs with both."""
+    mode: str = request.param
+    return mode
+
+
 @pytest.fixture
-def start_server() -> Iterator[ServerFactory]:
-    """Start ssehub servers with given settings; all stop at the end of the test."""
+def start_server(writer: str) -> Iterator[ServerFactory]:
+    """Start ssehub servers with given settings; all stop at the end of the test.
+
+    ``direct``: the standalone app (``ssehub serve``), whose streams write straight to uvicorn's transport;
+    ``portable``: the API mounted in a Starlette app, whose streams go through ASGI ``send``.
+    """
     with contextlib.ExitStack() as stack:
 
         def start(**overrides: Any) -> Server:
             settings = make_settings(**overrides)
-            app = create_app(settings)
+            hub = Hub(settings)
+            app = create_app(hub=hub) if writer == "direct" else mounted_app(hub)
             base_url = stack.enter_context(running_server(app))
-            return Server(base_url, base_url + settings.prefix, app.state.hub)
+            return Server(base_url, base_url + settings.prefix, hub)
 
         yield start
 

@@ -68,13 +68,20 @@ class RedisServer:
             return [REDIS_SERVER, str(conf), "--sentinel"]
         command = [
             REDIS_SERVER,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.dir),
-            "--save", "",
-            "--protected-mode", "no",
-            "--daemonize", "no",
-            "--loglevel", "warning",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--protected-mode",
+            "no",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
         ]
         if self.appendonly:
             command += ["--appendonly", "yes", "--appendfsync", "always"]

@@ -138,3 +138,11 @@ async def test_other_sse_library_parses_the_stream(server: Server, client: httpx
         event_id = await publish(client, server, "system:notifications", "system_notification", {"message": "hi"})
         second = await asyncio.wait_for(anext(events), 2)
     assert (second.id, second.event, second.json()) == (event_id, "system_notification", {"message": "hi"})
+
+
+async def test_writer_is_the_expected_one(server: Server, client: httpx.AsyncClient, writer: str) -> None:
+    """Standalone streams write straight to uvicorn's transport; mounted ones use the portable ASGI writer."""
+    async with open_stream(client, f"{server.api}/stream") as stream:
+        await stream.next_event()
+        [connection] = list(server.hub._connections)
+        assert connection.direct is (writer == "direct")

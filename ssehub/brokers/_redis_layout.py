@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ssehub.events import Event, EventId
@@ -26,6 +26,9 @@ from ssehub.exceptions import (
 DEFAULT_PREFIX = "ssehub"
 #: The error text the publish script starts with when a new channel would exceed ``max_channels``.
 CHANNEL_LIMIT_MARKER = "SSEHUB_CHANNEL_LIMIT"
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
 _PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}")
 
 
@@ -246,3 +249,38 @@ def events_from_entries(channel: str, entries: list[Any]) -> list[Event]:
         values = dict(zip(fields[::2], fields[1::2], strict=True))
         events.append(Event(EventId.parse(entry_id), channel, values["event"], values["data"]))
     return events
+
+
+def make_async_clients(
+    target: RedisTarget, pool_size: int, socket_timeout: float, connect_timeout: float
+) -> tuple[Redis, Redis, list[Redis]]:
+    """The broker's command client (``pool_size`` connections), its pub/sub client, and Sentinel clients."""
+    from redis.asyncio import ConnectionPool, Redis
+    from redis.asyncio.retry import Retry
+    from redis.asyncio.sentinel import Sentinel
+    from redis.backoff import NoBackoff
+
+    # No retries inside redis-py: a retried publish could store an event twice, and the reader does its
+    # own reconnection (it must catch up from history, which redis-py's resubscribe does not).
+    common: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        "socket_keepalive": True,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if target.is_sentinel:
+        sentinel_kwargs = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+            **target.sentinel_kwargs,
+        }
+        sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+        options = {**common, **target.master_kwargs}
+        client = sentinel.master_for(target.service_name, max_connections=pool_size, **options)
+        pubsub_client = sentinel.master_for(target.service_name, max_connections=2, **options)
+        return client, pubsub_client, list(sentinel.sentinels)
+    pool = ConnectionPool.from_url(target.url, max_connections=pool_size, **common)
+    # The reader holds one pub/sub connection; 2 leaves room for the one being closed while it reconnects.
+    pubsub_pool = ConnectionPool.from_url(target.url, max_connections=2, **common)
+    return Redis(connection_pool=pool, retry=common["retry"]), Redis(connection_pool=pubsub_pool), []

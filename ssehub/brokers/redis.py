@@ -29,6 +29,7 @@ from ssehub.brokers._redis_layout import (
     RedisTarget,
     events_from_entries,
     load_script,
+    make_async_clients,
     parse_notification,
     parse_redis_url,
     publish_call,
@@ -50,6 +51,8 @@ logger = logging.getLogger("ssehub.brokers.redis")
 
 #: Events read per page when catching up after a reconnect.
 _CATCH_UP_PAGE = 1000
+#: Seconds before the first reconnection attempt; doubled per failure up to ``reconnect_max_delay``.
+_FIRST_DELAY = 0.05
 
 
 class RedisBroker(Broker):
@@ -131,38 +134,6 @@ class RedisBroker(Broker):
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
-    def _make_clients(self) -> tuple[Redis, Redis]:
-        from redis.asyncio import ConnectionPool, Redis
-        from redis.asyncio.retry import Retry
-        from redis.asyncio.sentinel import Sentinel
-        from redis.backoff import NoBackoff
-
-        # No retries inside redis-py: a retried publish could store an event twice, and the reader does its
-        # own reconnection (it must catch up from history, which redis-py's resubscribe does not).
-        common: dict[str, Any] = {
-            "decode_responses": True,
-            "socket_timeout": self._socket_timeout,
-            "socket_connect_timeout": self._connect_timeout,
-            "socket_keepalive": True,
-            "retry": Retry(NoBackoff(), 0),
-        }
-        target = self._target
-        if target.is_sentinel:
-            sentinel_kwargs = {
-                "socket_timeout": self._socket_timeout,
-                "socket_connect_timeout": self._connect_timeout,
-                **target.sentinel_kwargs,
-            }
-            sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-            self._sentinel_clients = list(sentinel.sentinels)
-            options = {**common, **target.master_kwargs}
-            client = sentinel.master_for(target.service_name, max_connections=self._pool_size, **options)
-            pubsub_client = sentinel.master_for(target.service_name, max_connections=2, **options)
-            return client, pubsub_client
-        pool = ConnectionPool.from_url(target.url, max_connections=self._pool_size, **common)
-        pubsub_pool = ConnectionPool.from_url(target.url, max_connections=2, **common)
-        return Redis(connection_pool=pool, retry=common["retry"]), Redis(connection_pool=pubsub_pool)
-
     async def start(self, deliver: DeliverCallback) -> None:
         """Connect and start the pub/sub reader; waits a bounded time for the first connection.
 
@@ -170,7 +141,9 @@ class RedisBroker(Broker):
         """
         if self._reader is not None:
             raise RuntimeError("RedisBroker.start() called twice")
-        self._client, self._pubsub_client = self._make_clients()
+        self._client, self._pubsub_client, self._sentinel_clients = make_async_clients(
+            self._target, self._pool_size, self._socket_timeout, self._connect_timeout
+        )
         for name in ("publish.lua", "read.lua", "head.lua"):
             self._scripts[name] = self._client.register_script(load_script(name))
         self._deliver = deliver
@@ -329,7 +302,7 @@ class RedisBroker(Broker):
     async def _run_reader(self) -> None:
         from redis.exceptions import RedisError
 
-        delay = 0.05
+        delay = _FIRST_DELAY
         while True:
             assert self._pubsub_client is not None  # set by start(), cleared only after this task ends
             pubsub = self._pubsub_client.pubsub()
@@ -337,11 +310,15 @@ class RedisBroker(Broker):
                 backlog = await self._open(pubsub)
                 self._pubsub = pubsub
                 self._up.set()
-                delay = 0.05
+                if delay != _FIRST_DELAY:
+                    logger.warning("Redis pub/sub connection restored")
+                delay = _FIRST_DELAY
                 await self._pump(pubsub, backlog)
             except (RedisError, OSError, TimeoutError, BrokerUnavailableError) as exc:
                 self._last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
-                logger.warning("Redis pub/sub connection lost (%s); reconnecting", self._last_error)
+                # One warning per outage; every further attempt only at debug level.
+                log = logger.warning if delay == _FIRST_DELAY else logger.debug
+                log("Redis pub/sub connection down (%s); reconnecting", self._last_error)
             finally:
                 self._up.clear()
                 self._pubsub = None
@@ -390,7 +367,8 @@ class RedisBroker(Broker):
             if history.expired:
                 logger.error(
                     "events on %s were trimmed from history while the pub/sub connection was down; "
-                    "they cannot be delivered", history.expired
+                    "they cannot be delivered",
+                    history.expired,
                 )
             for event in history.events:
                 self._hand_over(event)

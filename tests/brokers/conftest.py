@@ -27,9 +27,9 @@ class Harness:
     def deliver(self, event: Event) -> None:
         self.delivered.append(event)
 
-    async def wait_for(self, count: int, timeout: float = 5.0) -> list[Event]:
-        """Wait until ``count`` events were delivered (fails after ``timeout`` seconds)."""
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, count: int, within: float = 5.0) -> list[Event]:
+        """Wait until ``count`` events were delivered (fails after ``within`` seconds)."""
+        deadline = time.monotonic() + within
         while len(self.delivered) < count:
             if time.monotonic() > deadline:
                 raise AssertionError(f"expected {count} deliveries, got {len(self.delivered)}: {self.delivered}")

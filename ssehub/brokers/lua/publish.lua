@@ -32,6 +32,27 @@ local function info_field(key, name)
   return nil
 end
 
+-- Trim by count and by age in one XTRIM, recording the greatest dropped id as the stream's
+-- max-deleted-entry-id (Redis itself records it only for XDEL): a client below it missed events.
+local function trim(key, maxlen, cutoff, last)
+  local deleted = nil
+  if maxlen then
+    local excess = redis.call('XLEN', key) - maxlen
+    if excess > 0 then
+      local oldest = redis.call('XRANGE', key, '-', '+', 'COUNT', excess)
+      deleted = oldest[#oldest][1]
+    end
+  end
+  local aged = redis.call('XREVRANGE', key, '(' .. string.format('%.0f', cutoff) .. '-0', '-', 'COUNT', 1)
+  if aged[1] and (not deleted or less(deleted, aged[1][1])) then deleted = aged[1][1] end
+  if deleted then
+    local ms, seq = parse(deleted)
+    redis.call('XTRIM', key, 'MINID', fmt(ms, seq + 1))
+    redis.call('XSETID', key, last, 'MAXDELETEDID', deleted)
+  end
+  return deleted
+end
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[5])
@@ -72,12 +93,12 @@ if is_new and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then
 end
 
 local existed = redis.call('EXISTS', KEYS[4]) == 1
-redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[4], id, 'event', ARGV[2], 'data', ARGV[3])
+redis.call('XADD', KEYS[4], id, 'event', ARGV[2], 'data', ARGV[3])
 if existed then
-  redis.call('XTRIM', KEYS[4], 'MINID', string.format('%.0f', cutoff))
-elseif less('0-0', floor) and less(floor, id) then
+  trim(KEYS[4], tonumber(ARGV[4]), cutoff, id)
+elseif less(floor, id) then
   -- A new stream starts at the floor: a client below it cannot know what this channel held before.
-  redis.call('XSETID', KEYS[4], id, 'ENTRIESADDED', 1, 'MAXDELETEDID', floor)
+  redis.call('XSETID', KEYS[4], id, 'MAXDELETEDID', floor)
 end
 redis.call('ZADD', KEYS[3], now, channel)
 redis.call('SET', KEYS[1], id)

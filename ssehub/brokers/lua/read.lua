@@ -23,9 +23,34 @@ local function info_field(key, name)
   return nil
 end
 
+local function fmt(ms, seq)
+  return string.format('%.0f-%.0f', ms, seq)
+end
+
+-- Trim by count and by age in one XTRIM, recording the greatest dropped id as the stream's
+-- max-deleted-entry-id (Redis itself records it only for XDEL): a client below it missed events.
+local function trim(key, maxlen, cutoff, last)
+  local deleted = nil
+  if maxlen then
+    local excess = redis.call('XLEN', key) - maxlen
+    if excess > 0 then
+      local oldest = redis.call('XRANGE', key, '-', '+', 'COUNT', excess)
+      deleted = oldest[#oldest][1]
+    end
+  end
+  local aged = redis.call('XREVRANGE', key, '(' .. string.format('%.0f', cutoff) .. '-0', '-', 'COUNT', 1)
+  if aged[1] and (not deleted or less(deleted, aged[1][1])) then deleted = aged[1][1] end
+  if deleted then
+    local ms, seq = parse(deleted)
+    redis.call('XTRIM', key, 'MINID', fmt(ms, seq + 1))
+    redis.call('XSETID', key, last, 'MAXDELETEDID', deleted)
+  end
+  return deleted
+end
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cutoff = string.format('%.0f', now - tonumber(ARGV[3]))
+local cutoff = now - tonumber(ARGV[3])
 local after = ARGV[1]
 local last = redis.call('GET', KEYS[1])
 if not last then
@@ -43,8 +68,9 @@ for i = 3, #KEYS do
   if unknown then
     result[#result + 1] = {1, {}}
   elseif redis.call('EXISTS', key) == 1 then
-    redis.call('XTRIM', key, 'MINID', cutoff)
     local deleted = info_field(key, 'max-deleted-entry-id') or '0-0'
+    local trimmed = trim(key, nil, cutoff, info_field(key, 'last-generated-id'))
+    if trimmed and less(deleted, trimmed) then deleted = trimmed end
     if less(after, deleted) then
       result[#result + 1] = {1, {}}
     else

@@ -1,0 +1,326 @@
+"""Publish events from any process straight to Redis, without going through a hub's HTTP API.
+
+:class:`Publisher` (blocking, for workers and scripts) and :class:`AsyncPublisher` (asyncio) run the same
+Lua script as the Redis broker, so ids, trimming and notifications are identical to a publish through a
+hub: every hub on that Redis delivers the event to its subscribers at once.
+
+Use the same ``prefix``, ``history_size``, ``history_ttl`` and ``max_channels`` as the hubs (the script
+trims with the values its caller passes)::
+
+    with Publisher.from_url("redis://localhost:6379/0") as publisher:
+        publisher.publish_download_progress("dl-42", 37.5, speed="1.2 MB/s")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ssehub.brokers._redis_layout import (
+    DEFAULT_PREFIX,
+    PublishOptions,
+    RedisLayout,
+    RedisTarget,
+    load_script,
+    parse_redis_url,
+    publish_call,
+    require_redis,
+    translate_error,
+)
+from ssehub.events import dump_json, validate_channel, validate_event_type
+from ssehub.exceptions import BrokerUnavailableError, InvalidValueError
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+    from redis.commands.core import AsyncScript, Script
+
+__all__ = ["AsyncPublisher", "Publisher"]
+
+DOWNLOAD_CHANNEL, DOWNLOAD_EVENT = "download:updates", "download_progress"
+QUEUE_CHANNEL, QUEUE_EVENT = "queue:updates", "queue_update"
+SYSTEM_CHANNEL, SYSTEM_EVENT = "system:notifications", "system_notification"
+
+
+def _client_options(socket_timeout: float, connect_timeout: float, pool_size: int) -> dict[str, Any]:
+    return {
+        "max_connections": pool_size,
+        "decode_responses": True,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        "socket_keepalive": True,
+    }
+
+
+class _Base:
+    """What both publishers share: validation, serialization and the shapes of the helper events."""
+
+    def __init__(self, prefix: str, options: PublishOptions) -> None:
+        self._layout = RedisLayout(prefix)
+        self._options = options
+
+    def _call_args(self, channel: str, event: str, data: Any) -> tuple[list[str], list[str | int]]:
+        validate_channel(channel)
+        validate_event_type(event)
+        try:
+            text = dump_json(data)
+        except (TypeError, ValueError) as exc:
+            raise InvalidValueError(f"event data must be JSON-serializable (no NaN or infinity): {exc}") from exc
+        return publish_call(self._layout, self._options, channel, event, text)
+
+    @staticmethod
+    def _download_progress(download_id: str, progress: float, extra: Mapping[str, Any]) -> dict[str, Any]:
+        if isinstance(progress, bool) or not isinstance(progress, (int, float)) or not math.isfinite(progress):
+            raise InvalidValueError(f"progress must be a finite number, got {progress!r}")
+        return {"download_id": download_id, "progress": progress, **extra}
+
+    @staticmethod
+    def _system_notification(message: str, level: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+        return {"message": message, "level": level, **extra}
+
+
+class Publisher(_Base):
+    """A blocking publisher on a redis-py client. Safe to share between threads (redis-py pools are).
+
+    Args:
+        client: a ``redis.Redis`` with ``decode_responses=True``; use :meth:`from_url` to build one.
+        prefix, history_size, history_ttl, max_channels: as the hubs on this Redis use them.
+        pool_size: publishes in flight at once (the client's pool should allow as many connections);
+            more wait for a free one.
+        wait_timeout: seconds a publish may wait for a free connection before BrokerUnavailableError.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        history_size: int = 1000,
+        history_ttl: float = 3600.0,
+        max_channels: int = 10000,
+        pool_size: int = 8,
+        wait_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(prefix, PublishOptions(history_size, history_ttl, max_channels))
+        self._client = client
+        self._helpers: list[redis.Redis] = []  # Sentinel clients that from_url made, closed with ours
+        self._slots = self._make_slots(pool_size)
+        self._slot_timeout = wait_timeout
+        self._script: Script = client.register_script(load_script("publish.lua"))
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        history_size: int = 1000,
+        history_ttl: float = 3600.0,
+        max_channels: int = 10000,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        pool_size: int = 8,
+    ) -> Publisher:
+        """Connect to ``redis://``, ``rediss://`` or ``redis+sentinel://`` (the broker's URL forms).
+
+        Raises:
+            MissingDependencyError: redis-py is not installed.
+            InvalidValueError: a bad URL or setting.
+        """
+        require_redis()
+        client, helpers = _sync_client(
+            parse_redis_url(url), _client_options(socket_timeout, connect_timeout, pool_size)
+        )
+        publisher = cls(
+            client,
+            prefix=prefix,
+            history_size=history_size,
+            history_ttl=history_ttl,
+            max_channels=max_channels,
+            pool_size=pool_size,
+            wait_timeout=socket_timeout + connect_timeout,
+        )
+        publisher._helpers = helpers
+        return publisher
+
+    @staticmethod
+    def _make_slots(size: int) -> threading.BoundedSemaphore:
+        return threading.BoundedSemaphore(size)
+
+    def publish(self, channel: str, event: str, data: Any) -> str:
+        """Publish ``data`` (any JSON-serializable value) and return the event's id.
+
+        Raises:
+            InvalidValueError: a bad channel, event type or data.
+            BrokerUnavailableError: Redis cannot be reached; nothing was stored.
+            ChannelLimitError: a new channel beyond ``max_channels``.
+        """
+        from redis.exceptions import RedisError
+
+        keys, args = self._call_args(channel, event, data)
+        # More concurrent publishes than connections wait for one (bounded) instead of failing in redis-py.
+        if not self._slots.acquire(timeout=self._slot_timeout):
+            raise BrokerUnavailableError(f"no free Redis connection within {self._slot_timeout:g}s")
+        try:
+            return str(self._script(keys=keys, args=args, client=self._client))
+        except (RedisError, OSError) as exc:
+            raise translate_error(exc, "publish") from exc
+        finally:
+            self._slots.release()
+
+    def publish_download_progress(self, download_id: str, progress: float, **extra: Any) -> str:
+        """``download_progress`` on ``download:updates``: ``{"download_id", "progress", **extra}``."""
+        return self.publish(DOWNLOAD_CHANNEL, DOWNLOAD_EVENT, self._download_progress(download_id, progress, extra))
+
+    def publish_queue_update(self, **fields: Any) -> str:
+        """``queue_update`` on ``queue:updates`` with ``fields`` as the data object."""
+        return self.publish(QUEUE_CHANNEL, QUEUE_EVENT, fields)
+
+    def publish_system_notification(self, message: str, level: str = "info", **extra: Any) -> str:
+        """``system_notification`` on ``system:notifications``: ``{"message", "level", **extra}``."""
+        return self.publish(SYSTEM_CHANNEL, SYSTEM_EVENT, self._system_notification(message, level, extra))
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        for client in (self._client, *self._helpers):
+            client.close()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncPublisher(_Base):
+    """An asyncio publisher on a ``redis.asyncio`` client; same arguments as :class:`Publisher`."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        history_size: int = 1000,
+        history_ttl: float = 3600.0,
+        max_channels: int = 10000,
+        pool_size: int = 8,
+        wait_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(prefix, PublishOptions(history_size, history_ttl, max_channels))
+        self._client = client
+        self._helpers: list[redis.asyncio.Redis] = []
+        self._slots = self._make_slots(pool_size)
+        self._slot_timeout = wait_timeout
+        self._script: AsyncScript = client.register_script(load_script("publish.lua"))
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        history_size: int = 1000,
+        history_ttl: float = 3600.0,
+        max_channels: int = 10000,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        pool_size: int = 8,
+    ) -> AsyncPublisher:
+        """Build a publisher for ``url`` (connects lazily, on the first publish).
+
+        Raises:
+            MissingDependencyError: redis-py is not installed.
+            InvalidValueError: a bad URL or setting.
+        """
+        require_redis()
+        client, helpers = _async_client(
+            parse_redis_url(url), _client_options(socket_timeout, connect_timeout, pool_size)
+        )
+        publisher = cls(
+            client,
+            prefix=prefix,
+            history_size=history_size,
+            history_ttl=history_ttl,
+            max_channels=max_channels,
+            pool_size=pool_size,
+            wait_timeout=socket_timeout + connect_timeout,
+        )
+        publisher._helpers = helpers
+        return publisher
+
+    @staticmethod
+    def _make_slots(size: int) -> asyncio.Semaphore:
+        return asyncio.Semaphore(size)
+
+    async def publish(self, channel: str, event: str, data: Any) -> str:
+        """Publish ``data`` and return the event's id (see :meth:`Publisher.publish`)."""
+        from redis.exceptions import RedisError
+
+        keys, args = self._call_args(channel, event, data)
+        try:
+            # More concurrent publishes than connections wait for one (bounded) instead of failing in redis-py.
+            async with asyncio.timeout(self._slot_timeout * 2), self._slots:
+                return str(await self._script(keys=keys, args=args, client=self._client))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise translate_error(exc, "publish") from exc
+
+    async def publish_download_progress(self, download_id: str, progress: float, **extra: Any) -> str:
+        """``download_progress`` on ``download:updates``: ``{"download_id", "progress", **extra}``."""
+        return await self.publish(
+            DOWNLOAD_CHANNEL, DOWNLOAD_EVENT, self._download_progress(download_id, progress, extra)
+        )
+
+    async def publish_queue_update(self, **fields: Any) -> str:
+        """``queue_update`` on ``queue:updates`` with ``fields`` as the data object."""
+        return await self.publish(QUEUE_CHANNEL, QUEUE_EVENT, fields)
+
+    async def publish_system_notification(self, message: str, level: str = "info", **extra: Any) -> str:
+        """``system_notification`` on ``system:notifications``: ``{"message", "level", **extra}``."""
+        return await self.publish(SYSTEM_CHANNEL, SYSTEM_EVENT, self._system_notification(message, level, extra))
+
+    async def aclose(self) -> None:
+        """Close the client's connections."""
+        for client in (self._client, *self._helpers):
+            await client.aclose()
+
+    async def __aenter__(self) -> AsyncPublisher:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def _sync_client(target: RedisTarget, options: dict[str, Any]) -> tuple[redis.Redis, list[redis.Redis]]:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+    from redis.sentinel import Sentinel
+
+    # No retries: a publish retried after a timeout could store the event twice.
+    options = {**options, "retry": Retry(NoBackoff(), 0)}
+    if not target.is_sentinel:
+        return redis.Redis.from_url(target.url, **options), []
+    sentinel_kwargs = {"socket_timeout": options["socket_timeout"], **target.sentinel_kwargs}
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(target.service_name, **options, **target.master_kwargs)  # type: ignore[no-untyped-call]
+    return client, list(sentinel.sentinels)
+
+
+def _async_client(
+    target: RedisTarget, options: dict[str, Any]
+) -> tuple[redis.asyncio.Redis, list[redis.asyncio.Redis]]:
+    import redis.asyncio
+    from redis.asyncio.retry import Retry
+    from redis.asyncio.sentinel import Sentinel
+    from redis.backoff import NoBackoff
+
+    options = {**options, "retry": Retry(NoBackoff(), 0)}
+    if not target.is_sentinel:
+        return redis.asyncio.Redis.from_url(target.url, **options), []
+    sentinel_kwargs = {"socket_timeout": options["socket_timeout"], **target.sentinel_kwargs}
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(target.service_name, **options, **target.master_kwargs)
+    return client, list(sentinel.sentinels)
