@@ -6,6 +6,7 @@ within milliseconds; a subscriber that reconnects gets exactly what it missed.
 
 from ssehub.app import create_api, create_app
 from ssehub.brokers import Broker, BrokerStatus, History, MemoryBroker, create_broker
+from ssehub.brokers.redis import RedisBroker
 from ssehub.encoder import encode
 from ssehub.events import Event, EventId
 from ssehub.exceptions import (
@@ -20,11 +21,13 @@ from ssehub.exceptions import (
     UnknownChannelError,
 )
 from ssehub.hub import Hub, Subscription
+from ssehub.publisher import AsyncPublisher, Publisher
 from ssehub.settings import Settings
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncPublisher",
     "Broker",
     "BrokerStatus",
     "BrokerUnavailableError",
@@ -39,6 +42,8 @@ __all__ = [
     "InvalidValueError",
     "MemoryBroker",
     "MissingDependencyError",
+    "Publisher",
+    "RedisBroker",
     "SSEHubError",
     "Settings",
     "Subscription",

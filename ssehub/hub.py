@@ -129,6 +129,14 @@ class _ChannelIndex:
             self.plain[sub] = None
         self.count += 1
 
+    def subscriptions(self) -> list[Subscription]:
+        """Every subscription of the channel, filtered or not."""
+        subs = list(self.plain)
+        for by_value in self.by_field.values():
+            for group in by_value.values():
+                subs.extend(group)
+        return subs
+
     def remove(self, sub: Subscription) -> None:
         if sub.filters:
             name, value = min(sub.filters.items())
@@ -172,7 +180,7 @@ class Hub:
     # -- lifetime -------------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Hub:
-        await self.broker.start(self._on_event)
+        await self.broker.start(self._on_event, self._on_gap)
         self._running = True
         self._spawn(self._heartbeat_loop(), "ssehub-heartbeat")
         self._spawn(self._timeout_loop(), "ssehub-timeouts")
@@ -270,6 +278,19 @@ class Hub:
                     for sub in subs:
                         if sub.rest is None or sub.accepts(fields):
                             sub.hold(event)
+
+    def _on_gap(self, channels: Sequence[str]) -> None:
+        """The broker lost live events of ``channels`` that history no longer holds: end those streams.
+
+        Their clients reconnect with their last id, which is then older than the history: they get a reset.
+        """
+        logger.warning("live delivery lost events on %s; ending their streams so clients resync", list(channels))
+        for name in channels:
+            index = self._index.get(name)
+            if index is None:
+                continue
+            for sub in index.subscriptions():
+                sub.connection.close("resync")
 
     def _mark_dirty(self, connection: Connection) -> None:
         """A connection has frames queued: flush it (with every other one) at the end of this loop iteration."""

@@ -171,7 +171,7 @@ class Publisher(_Base):
         finally:
             self._slots.release()
 
-    def publish_download_progress(self, download_id: str, progress: float, **extra: Any) -> str:
+    def publish_download_progress(self, download_id: str | int, progress: float, **extra: Any) -> str:
         """``download_progress`` on ``download:updates``: ``{"download_id", "progress", **extra}``."""
         return self.publish(DOWNLOAD_CHANNEL, DOWNLOAD_EVENT, self._download_progress(download_id, progress, extra))
 
@@ -267,7 +267,7 @@ class AsyncPublisher(_Base):
         except (RedisError, OSError, TimeoutError) as exc:
             raise translate_error(exc, "publish") from exc
 
-    async def publish_download_progress(self, download_id: str, progress: float, **extra: Any) -> str:
+    async def publish_download_progress(self, download_id: str | int, progress: float, **extra: Any) -> str:
         """``download_progress`` on ``download:updates``: ``{"download_id", "progress", **extra}``."""
         return await self.publish(
             DOWNLOAD_CHANNEL, DOWNLOAD_EVENT, self._download_progress(download_id, progress, extra)

@@ -34,7 +34,10 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `ssehub serve` binds to.")
     port: int = Field(8000, ge=0, le=65535, description="Port `ssehub serve` listens on.")
     prefix: str = Field("/api/v1/events", description="Path prefix of the HTTP API.")
-    broker_url: str = Field("memory://", description="`memory://` (one process) or `redis://...` / `rediss://...`.")
+    broker_url: str = Field(
+        "memory://",
+        description="`memory://` (one process), or `redis://`, `rediss://`, `redis+sentinel://` (see docs/scaling.md).",
+    )
     heartbeat_interval: float = Field(30.0, gt=0, description="Seconds between heartbeat events on every stream.")
     max_connections: int = Field(1000, ge=1, description="Open streams per process; more answer 503.")
     connection_timeout: float = Field(
@@ -58,6 +61,11 @@ class Settings(BaseSettings):
     )
     max_channels_per_stream: int = Field(32, ge=1, description="Channels one stream may subscribe to.")
     redis_pool_size: int = Field(8, ge=1, description="Command connections per process on the Redis broker.")
+    redis_prefix: str = Field(
+        "ssehub",
+        pattern=r"^[A-Za-z0-9_.:\-]{1,64}$",
+        description="Key prefix (and Cluster hash tag) of the Redis broker; hubs and publishers must agree.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of `ssehub serve`."
     )

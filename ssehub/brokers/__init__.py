@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ssehub.brokers.base import Broker, BrokerStatus, DeliverCallback, History
+from ssehub.brokers.base import Broker, BrokerStatus, DeliverCallback, GapCallback, History
 from ssehub.brokers.memory import MemoryBroker
 
 if TYPE_CHECKING:
     from ssehub.settings import Settings
 
-__all__ = ["Broker", "BrokerStatus", "DeliverCallback", "History", "MemoryBroker", "create_broker"]
+__all__ = ["Broker", "BrokerStatus", "DeliverCallback", "GapCallback", "History", "MemoryBroker", "create_broker"]
 
 
 def create_broker(settings: Settings) -> Broker:

@@ -22,6 +22,10 @@ from ssehub.events import Event, EventId
 
 #: The hub's callback for live events. It runs in the event loop and must not block.
 DeliverCallback = Callable[[Event], None]
+#: The hub's callback for channels on which live delivery lost events that history no longer holds (a long
+#: outage of the broker's live connection). The hub ends those channels' streams; clients then resume and,
+#: their ids being older than the history, are told to reset.
+GapCallback = Callable[[Sequence[str]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +62,8 @@ class Broker(ABC):
     shared_across_processes: bool = False
 
     @abstractmethod
-    async def start(self, deliver: DeliverCallback) -> None:
-        """Connect, and from now on pass live events of subscribed channels to ``deliver``."""
+    async def start(self, deliver: DeliverCallback, on_gap: GapCallback | None = None) -> None:
+        """Connect; from now on pass live events of subscribed channels to ``deliver`` and gaps to ``on_gap``."""
 
     @abstractmethod
     async def stop(self) -> None:

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from ssehub.brokers.base import Broker, BrokerStatus, DeliverCallback, History
+from ssehub.brokers.base import Broker, BrokerStatus, DeliverCallback, GapCallback, History
 from ssehub.events import Event, EventId
 from ssehub.exceptions import ChannelLimitError
 
@@ -57,8 +57,8 @@ class MemoryBroker(Broker):
         # The floor of channels that have no record: the start id, raised when an empty channel is dropped.
         self._removed_floor = self._last
 
-    async def start(self, deliver: DeliverCallback) -> None:
-        """Deliver live events of subscribed channels to ``deliver`` from now on."""
+    async def start(self, deliver: DeliverCallback, on_gap: GapCallback | None = None) -> None:
+        """Deliver live events of subscribed channels to ``deliver`` from now on (delivery never has gaps here)."""
         self._deliver = deliver
 
     async def stop(self) -> None:
