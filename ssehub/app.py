@@ -137,7 +137,7 @@ class StreamEndpoint:
             return
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
-            await sub.connection.run(receive)
+            await sub.stream(receive)
         except BaseException as exc:
             if not await subscription.__aexit__(type(exc), exc, exc.__traceback__):
                 raise

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from ssehub._types import Receive, Scope, Send
@@ -71,6 +71,7 @@ class Connection:
         "_closed_signal",
         "_cycle",
         "_direct",
+        "_drained",
         "_mark_dirty",
         "_max_buffer",
         "_send",
@@ -102,6 +103,7 @@ class Connection:
         self._direct = self._cycle is not None
         self._writer: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
         self._closed_signal: asyncio.Future[None] | None = None
         self.closed = False
         self.close_reason: CloseReason | None = None
@@ -162,6 +164,22 @@ class Connection:
         buffer.clear()
         self._buffered = 0
         cycle.transport.write(data)
+        self._notify_drained()
+
+    def _notify_drained(self) -> None:
+        waiter = self._drained
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def drained(self) -> None:
+        """Wait until nothing is queued any more (handed to the transport or to ``send``), or the stream closed."""
+        loop = asyncio.get_running_loop()
+        while (self._buffer or self._writer is not None) and not self.closed:
+            self._drained = loop.create_future()
+            try:
+                await self._drained
+            finally:
+                self._drained = None
 
     async def _drain_then_write(self) -> None:
         """Direct writer, slow path: wait for uvicorn's flow control, then write what has queued meanwhile."""
@@ -177,6 +195,7 @@ class Connection:
                 cycle.transport.write(data)
         finally:
             self._writer = None
+            self._notify_drained()
         if cycle.disconnected:
             self.close("client")
 
@@ -188,6 +207,7 @@ class Connection:
                 body = buffer[0] if len(buffer) == 1 else b"".join(buffer)
                 buffer.clear()
                 self._buffered = 0
+                self._notify_drained()
                 await send({"type": "http.response.body", "body": body, "more_body": True})
             elif self.closed:
                 return
@@ -204,7 +224,7 @@ class Connection:
             return
         self.closed = True
         self.close_reason = reason
-        for future in (self._waiter, self._closed_signal):
+        for future in (self._waiter, self._closed_signal, self._drained):
             if future is not None and not future.done():
                 future.set_result(None)
 
@@ -215,10 +235,11 @@ class Connection:
                 self.close("client")
                 return
 
-    async def run(self, receive: Receive) -> None:
+    async def run(self, receive: Receive, prelude: Callable[[], Awaitable[None]] | None = None) -> None:
         """Stream until closed (by the hub, the client, a timeout or overflow), then end the response.
 
-        The response must have been started with ``send`` (status and headers).
+        The response must have been started with ``send`` (status and headers). ``prelude`` runs once the
+        writers are up (the hub writes a resumed stream's backlog with it).
         """
         send = self._send
         assert send is not None, "a connection needs send to run"
@@ -230,9 +251,14 @@ class Connection:
             closed_signal.set_result(None)
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(self._watch_disconnect(receive))]
         if not self._direct:
-            tasks.append(asyncio.create_task(self._portable_writer(send)))
+            writer = asyncio.create_task(self._portable_writer(send))
+            # A failed send ends the stream at once (the prelude may be waiting for a drain that never comes).
+            writer.add_done_callback(lambda task: task.cancelled() or task.exception() is None or self.close("error"))
+            tasks.append(writer)
         self.flush()
         try:
+            if prelude is not None:
+                await prelude()
             await asyncio.wait([closed_signal, *tasks], return_when=asyncio.FIRST_COMPLETED)
             if self.close_reason != "client":
                 await self._finish_writes(tasks[1:])

@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from ssehub._types import Scope, Send
+from ssehub._types import Receive, Scope, Send
 from ssehub.brokers import Broker, create_broker
 from ssehub.connection import Connection, chunk
 from ssehub.encoder import encode
@@ -82,7 +82,7 @@ def validate_filters(filters: Mapping[str, str]) -> dict[str, str]:
 class Subscription:
     """One stream's subscription: channels, filters and the connection its events go to."""
 
-    __slots__ = ("channels", "connection", "filters", "pending", "pending_bytes", "rest")
+    __slots__ = ("backlog", "channels", "connection", "cutoff", "filters", "pending", "pending_bytes", "rest")
 
     def __init__(self, channels: tuple[str, ...], filters: dict[str, str], connection: Connection) -> None:
         self.channels = channels
@@ -90,9 +90,44 @@ class Subscription:
         self.connection = connection
         # Filters other than the one used for the index, checked per event; None when there are none.
         self.rest: tuple[tuple[str, str], ...] | None = tuple(sorted(filters.items()))[1:] or None
-        # Live events held while history is read; None once caught up.
+        # Live events held while history is read and written; None once caught up.
         self.pending: list[Event] | None = []
         self.pending_bytes = 0
+        # Missed events to write once the response has started, and the id after which held events are new.
+        self.backlog: list[Event] = []
+        self.cutoff = EventId(0, 0)
+
+    async def stream(self, receive: Receive) -> None:
+        """Write the backlog, go live, and stream until the connection closes (the response must be started)."""
+        await self.connection.run(receive, self._replay)
+
+    async def _replay(self) -> None:
+        """Write missed events page by page, each page once the previous one drained, then go live.
+
+        Paging keeps a long replay (many channels, large events) within the connection's buffer bound: a
+        replay written at once could exceed it, end the stream, and make the client retry the same replay
+        forever. Live events meanwhile wait in ``pending``, bounded the same way.
+        """
+        connection = self.connection
+        page_limit = connection.max_buffer_bytes // 2
+        page = 0
+        for event in self.backlog:
+            if connection.closed:
+                return
+            frame = event.frame
+            connection.push(frame, event.chunk)
+            page += len(frame)
+            if page >= page_limit:
+                page = 0
+                connection.flush()
+                await connection.drained()
+        self.backlog = []
+        pending = self.pending or []
+        self.pending = None
+        cutoff = self.cutoff
+        for event in pending:
+            if event.id > cutoff:
+                connection.push(event.frame, event.chunk)
 
     def accepts(self, fields: Mapping[str, Any]) -> bool:
         """Whether an event with these data fields passes every filter."""
@@ -351,11 +386,12 @@ class Hub:
         send: Send | None = None,
         scope: Scope | None = None,
     ) -> AsyncIterator[Subscription]:
-        """Open a subscription; its connection already holds the first frames when this yields.
+        """Open a subscription; run :meth:`Subscription.stream` once the response has started.
 
-        The first frames are ``retry`` with a ``connected`` event, then either the missed events (resume) or
-        a ``reset`` event (the id is older than the retained history, or not an id this hub issued: the
-        documented fallback for a malformed Last-Event-ID). Everything held is released on exit.
+        When this yields, the connection holds ``retry`` with a ``connected`` event, and a ``reset`` event if
+        the id is older than the retained history or not an id this hub issued (the documented fallback for a
+        malformed Last-Event-ID); the missed events, if any, are in ``backlog`` for ``stream`` to write.
+        Broker errors therefore happen here, before any response starts. Everything held is released on exit.
 
         Raises:
             InvalidValueError: bad channels or filters (UnknownChannelError: not allowed).
@@ -431,7 +467,7 @@ class Hub:
                     await self.broker.unsubscribe(name)
 
     async def _catch_up(self, sub: Subscription, resume_from: EventId | str | None, raw_id: str | None) -> None:
-        """Write the opening frames and any history, then switch the subscription to live delivery."""
+        """Queue the opening frames; read what the client missed into ``sub.backlog`` (written by ``stream``)."""
         connection = sub.connection
         settings = self.settings
         info: dict[str, Any] = {
@@ -448,10 +484,10 @@ class Hub:
             connection.push(encode(dump_json(info), event="connected", id=str(resume_from), retry=settings.retry_ms))
             if history.expired:
                 self._push_reset(sub, "history_expired", history.expired, cutoff)
+            elif sub.filters:
+                sub.backlog = [event for event in history.events if sub.accepts(event.fields)]
             else:
-                for event in history.events:
-                    if not sub.filters or sub.accepts(event.fields):
-                        connection.push(event.frame, event.chunk)
+                sub.backlog = history.events
         else:
             cutoff = await self.broker.head()
             info["resumed"] = False
@@ -462,11 +498,7 @@ class Hub:
                 logger.info("connection %s: malformed Last-Event-ID %r, sending reset", connection.id, raw_id)
                 connection.push(encode(dump_json(info), event="connected", retry=settings.retry_ms))
                 self._push_reset(sub, "invalid_last_event_id", list(sub.channels), cutoff)
-        pending = sub.pending or []
-        sub.pending = None
-        for event in pending:
-            if event.id > cutoff:
-                connection.push(event.frame, event.chunk)
+        sub.cutoff = cutoff
 
     def _push_reset(self, sub: Subscription, reason: str, channels: list[str], head: EventId) -> None:
         data = dump_json({"reason": reason, "channels": channels})

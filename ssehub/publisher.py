@@ -72,7 +72,7 @@ class _Base:
         return publish_call(self._layout, self._options, channel, event, text)
 
     @staticmethod
-    def _download_progress(download_id: str, progress: float, extra: Mapping[str, Any]) -> dict[str, Any]:
+    def _download_progress(download_id: str | int, progress: float, extra: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(progress, bool) or not isinstance(progress, (int, float)) or not math.isfinite(progress):
             raise InvalidValueError(f"progress must be a finite number, got {progress!r}")
         return {"download_id": download_id, "progress": progress, **extra}

@@ -161,3 +161,18 @@ async def test_restarted_hub_resets_old_ids(start_server: ServerFactory, client:
     async with open_stream(client, f"{second.api}/stream?channels=a:1", headers={"Last-Event-ID": old}) as stream:
         await stream.next_event()
         assert (await stream.next_event()).event == "reset"
+
+
+async def test_replay_larger_than_the_buffer_bound(start_server: ServerFactory, client: httpx.AsyncClient) -> None:
+    """A backlog many times the per-connection buffer bound is replayed in full in one stream, no loop."""
+    server = start_server(max_buffer_bytes=64 * 1024, history_size=100)
+    start = await publish(client, server, "big:1", "e", "start")
+    blob = "x" * 20000
+    missed = [await publish(client, server, "big:1", "e", {"n": n, "blob": blob}) for n in range(40)]  # ~800 KB
+    async with open_stream(client, f"{server.api}/stream?channels=big:1&lastEventId={start}", timeout=10) as stream:
+        connected = await stream.next_event()
+        assert json.loads(connected.data)["resumed"] is True
+        live = await publish(client, server, "big:1", "e", "live")
+        received = await stream.take(41, timeout=10)
+    assert [m.id for m in received] == [*missed, live]
+    assert [json.loads(m.data)["n"] for m in received[:-1]] == list(range(40))
