@@ -228,6 +228,11 @@ class Connection:
             if future is not None and not future.done():
                 future.set_result(None)
 
+    def _on_portable_writer_done(self, task: asyncio.Task[None]) -> None:
+        # A failed send ends the stream at once (the prelude may be waiting for a drain that never comes).
+        if not task.cancelled() and task.exception() is not None:
+            self.close("error")
+
     async def _watch_disconnect(self, receive: Receive) -> None:
         while True:
             message = await receive()
@@ -251,10 +256,9 @@ class Connection:
             closed_signal.set_result(None)
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(self._watch_disconnect(receive))]
         if not self._direct:
-            writer = asyncio.create_task(self._portable_writer(send))
-            # A failed send ends the stream at once (the prelude may be waiting for a drain that never comes).
-            writer.add_done_callback(lambda task: task.cancelled() or task.exception() is None or self.close("error"))
-            tasks.append(writer)
+            portable = asyncio.create_task(self._portable_writer(send))
+            portable.add_done_callback(self._on_portable_writer_done)
+            tasks.append(portable)
         self.flush()
         try:
             if prelude is not None:
