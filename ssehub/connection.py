@@ -264,6 +264,9 @@ class Connection:
             if prelude is not None:
                 await prelude()
             await asyncio.wait([closed_signal, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            if not self.closed:
+                # A task ended without closing: receive() or the writer failed. Logged below if it raised.
+                self.close("error")
             if self.close_reason != "client":
                 await self._finish_writes(tasks[1:])
         finally:
@@ -274,9 +277,8 @@ class Connection:
                 writer.cancel()
                 tasks.append(writer)
             await asyncio.gather(*tasks, return_exceptions=True)
-        for task in tasks[1:2]:
+        for task in tasks[:2]:
             if not task.cancelled() and task.exception() is not None:
-                self.close("error")
                 raise task.exception()  # type: ignore[misc]
         if self.close_reason != "client":
             # End the response cleanly so the client reconnects and resumes. A client that does not read at
