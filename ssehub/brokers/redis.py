@@ -9,6 +9,8 @@ Each process holds one pub/sub connection, whatever the number of streams it ser
 commands. When the pub/sub connection drops, the reader reconnects with backoff and jitter, subscribes
 again, and reads from history every event after the last one it delivered before going live again; a
 notification that history already delivered is dropped by id. So the hub sees each event once, in order.
+If the outage outlasted the retention, the events trimmed meanwhile are gone: the reader passes those
+channels to the hub's ``on_gap`` callback, which ends their streams so that their clients resume and reset.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from ssehub.brokers._redis_layout import (
     require_redis,
     translate_error,
 )
-from ssehub.brokers.base import Broker, BrokerStatus, DeliverCallback, History
+from ssehub.brokers.base import Broker, BrokerStatus, DeliverCallback, GapCallback, History
 from ssehub.events import Event, EventId, validate_channel, validate_event_type
 from ssehub.exceptions import BrokerUnavailableError
 
@@ -107,6 +109,7 @@ class RedisBroker(Broker):
         self._scripts: dict[str, AsyncScript] = {}
         self._slots = asyncio.Semaphore(pool_size)
         self._deliver: DeliverCallback | None = None
+        self._on_gap: GapCallback | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pubsub: PubSub | None = None
         self._up = asyncio.Event()
@@ -134,10 +137,12 @@ class RedisBroker(Broker):
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
-    async def start(self, deliver: DeliverCallback) -> None:
+    async def start(self, deliver: DeliverCallback, on_gap: GapCallback | None = None) -> None:
         """Connect and start the pub/sub reader; waits a bounded time for the first connection.
 
         If Redis cannot be reached yet, the reader keeps trying in the background and ``status()`` says so.
+        After a reconnect, channels whose missed events were trimmed from history meanwhile go to ``on_gap``
+        (each at most once per reconnect, from the event loop, before the events caught up with it).
         """
         if self._reader is not None:
             raise RuntimeError("RedisBroker.start() called twice")
@@ -147,6 +152,7 @@ class RedisBroker(Broker):
         for name in ("publish.lua", "read.lua", "head.lua"):
             self._scripts[name] = self._client.register_script(load_script(name))
         self._deliver = deliver
+        self._on_gap = on_gap
         self._reader = asyncio.create_task(self._run_reader(), name="ssehub-redis-reader")
         try:
             await asyncio.wait_for(self._up.wait(), self._connect_timeout + self._socket_timeout)
@@ -157,6 +163,7 @@ class RedisBroker(Broker):
         """Stop the reader and close every connection."""
         reader, self._reader = self._reader, None
         self._deliver = None
+        self._on_gap = None
         if reader is not None:
             reader.cancel()
             # asyncio.wait does not raise the reader's CancelledError, so our own cancellation still propagates.
@@ -362,14 +369,17 @@ class RedisBroker(Broker):
     async def _catch_up(self, channels: list[str]) -> None:
         assert self._last is not None
         after = self._last
+        reported: set[str] = set()
         while True:
             history = await self.read_since(channels, after, _CATCH_UP_PAGE)
-            if history.expired:
-                logger.error(
-                    "events on %s were trimmed from history while the pub/sub connection was down; "
-                    "they cannot be delivered",
-                    history.expired,
-                )
+            lost = [name for name in history.expired if name not in reported]
+            if lost:
+                # Reported before this page is handed over: a stream on a lost channel and another one must
+                # end before an event of the other one moves its last id past the gap (its resume would then
+                # skip the gap silently instead of resetting). A later page reports only channels trimmed
+                # while we paged.
+                reported.update(lost)
+                self._report_gap(lost)
             for event in history.events:
                 self._hand_over(event)
             if len(history.events) < _CATCH_UP_PAGE:
@@ -412,6 +422,16 @@ class RedisBroker(Broker):
             future = self._confirm.get(name)
             if future is not None and not future.done():
                 future.set_result(None)
+
+    def _report_gap(self, channels: list[str]) -> None:
+        logger.warning(
+            "events on %s were trimmed from history while the pub/sub connection was down; "
+            "the hub ends those streams so that their clients resume and reset",
+            channels,
+        )
+        on_gap = self._on_gap
+        if on_gap is not None:
+            on_gap(channels)
 
     def _hand_over(self, event: Event) -> None:
         last = self._last
