@@ -130,19 +130,16 @@ class StreamEndpoint:
             return
         try:
             channels, filters, last_event_id = self._request_args(request)
-            subscription = hub.subscribe(channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope)
-            sub = await subscription.__aenter__()
+            sub = await hub.open(channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope)
         except _HUB_ERRORS as exc:
             await _error_for(exc)(scope, receive, send)
             return
+        del request  # nothing of the request is needed while the stream lives
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
             await sub.stream(receive)
-        except BaseException as exc:
-            if not await subscription.__aexit__(type(exc), exc, exc.__traceback__):
-                raise
-        else:
-            await subscription.__aexit__(None, None, None)
+        finally:
+            hub.release(sub)
 
 
 async def _publish(request: Request) -> Response:

@@ -50,7 +50,9 @@ def _direct_cycle(send: Send, scope: Scope) -> Any:
     kind = type(cycle)
     if (kind.__module__, kind.__name__) != _UVICORN_CYCLE or scope.get("http_version") != "1.1":
         return None
-    if not all(hasattr(cycle, name) for name in ("transport", "flow", "disconnected", "chunked_encoding")):
+    if not all(
+        hasattr(cycle, name) for name in ("transport", "flow", "disconnected", "chunked_encoding", "message_event")
+    ):
         return None
     return cycle
 
@@ -75,6 +77,7 @@ class Connection:
         "_mark_dirty",
         "_max_buffer",
         "_send",
+        "_started",
         "_waiter",
         "_writer",
         "close_reason",
@@ -105,6 +108,7 @@ class Connection:
         self._waiter: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
         self._closed_signal: asyncio.Future[None] | None = None
+        self._started = False
         self.closed = False
         self.close_reason: CloseReason | None = None
 
@@ -144,7 +148,7 @@ class Connection:
     def flush(self) -> None:
         """Write everything queued, in one write (the hub calls this once per loop iteration)."""
         buffer = self._buffer
-        if not buffer or self._closed_signal is None:
+        if not buffer or not self._started:
             return  # nothing queued, or the response has not started yet: run() flushes when it starts
         if not self._direct:
             waiter = self._waiter
@@ -227,6 +231,9 @@ class Connection:
         for future in (self._waiter, self._closed_signal, self._drained):
             if future is not None and not future.done():
                 future.set_result(None)
+        if self._direct:
+            # Wake the stream's task, which waits in uvicorn's receive(): it then sees the connection closed.
+            self._cycle.message_event.set()
 
     def _on_portable_writer_done(self, task: asyncio.Task[None]) -> None:
         # A failed send ends the stream at once (the prelude may be waiting for a drain that never comes).
@@ -251,35 +258,11 @@ class Connection:
         if self._direct and self._cycle.chunked_encoding is not True:
             self._direct = False  # uvicorn chose another framing: fall back (never seen; kept safe)
             self._buffer = [_unchunk(data) for data in self._buffer]
-        closed_signal = self._closed_signal = asyncio.get_running_loop().create_future()
-        if self.closed:
-            closed_signal.set_result(None)
-        tasks: list[asyncio.Task[None]] = [asyncio.create_task(self._watch_disconnect(receive))]
-        if not self._direct:
-            portable = asyncio.create_task(self._portable_writer(send))
-            portable.add_done_callback(self._on_portable_writer_done)
-            tasks.append(portable)
-        self.flush()
-        try:
-            if prelude is not None:
-                await prelude()
-            await asyncio.wait([closed_signal, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            if not self.closed:
-                # A task ended without closing: receive() or the writer failed. Logged below if it raised.
-                self.close("error")
-            if self.close_reason != "client":
-                await self._finish_writes(tasks[1:])
-        finally:
-            for task in tasks:
-                task.cancel()
-            writer = self._writer
-            if writer is not None:
-                writer.cancel()
-                tasks.append(writer)
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for task in tasks[:2]:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        self._started = True
+        if self._direct:
+            await self._run_direct(receive, prelude)
+        else:
+            await self._run_portable(receive, send, prelude)
         if self.close_reason != "client":
             # End the response cleanly so the client reconnects and resumes. A client that does not read at
             # all could hold this write forever: bound it.
@@ -291,15 +274,54 @@ class Connection:
                 # The server then reports an incomplete response and closes the socket: what we want here.
                 logger.warning("connection %s (%s): the client does not read; dropping it", self.id, self.close_reason)
 
-    async def _finish_writes(self, portable_writer: list[asyncio.Task[None]]) -> None:
-        """Let queued frames go out (timeout, shutdown) within a bound; a too-slow client gets little time."""
-        timeout = self._final_timeout()
-        if portable_writer:
-            await asyncio.wait(portable_writer, timeout=timeout)
-            return
+    async def _run_direct(self, receive: Receive, prelude: Callable[[], Awaitable[None]] | None) -> None:
+        """The direct writer needs no task: this one waits in receive(), which returns on a disconnect and
+        when :meth:`close` sets uvicorn's message event."""
+        try:
+            self.flush()
+            if prelude is not None:
+                await prelude()
+            while not self.closed:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    self.close("client")
+            if self.close_reason != "client":
+                self.flush()
+                if self._writer is not None:
+                    await asyncio.wait([self._writer], timeout=self._final_timeout())
+        finally:
+            writer = self._writer
+            if writer is not None:
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+
+    async def _run_portable(self, receive: Receive, send: Send, prelude: Callable[[], Awaitable[None]] | None) -> None:
+        """A writer task awaits send; a watcher task awaits receive; this task waits for either or a close."""
+        closed_signal = self._closed_signal = asyncio.get_running_loop().create_future()
+        if self.closed:
+            closed_signal.set_result(None)
+        watcher = asyncio.create_task(self._watch_disconnect(receive))
+        writer = asyncio.create_task(self._portable_writer(send))
+        writer.add_done_callback(self._on_portable_writer_done)
+        tasks = [watcher, writer]
         self.flush()
-        if self._writer is not None:
-            await asyncio.wait([self._writer], timeout=timeout)
+        try:
+            if prelude is not None:
+                await prelude()
+            await asyncio.wait([closed_signal, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            if not self.closed:
+                # A task ended without closing: receive() or the writer failed (re-raised below).
+                self.close("error")
+            if self.close_reason != "client":
+                await asyncio.wait([writer], timeout=self._final_timeout())
+        finally:
+            self._closed_signal = None
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
 
     def _final_timeout(self) -> float:
         # A client cut off for falling behind is known not to read: do not wait on it for long.

@@ -386,12 +386,33 @@ class Hub:
         send: Send | None = None,
         scope: Scope | None = None,
     ) -> AsyncIterator[Subscription]:
-        """Open a subscription; run :meth:`Subscription.stream` once the response has started.
+        """:meth:`open` a subscription and :meth:`release` it on exit.
 
-        When this yields, the connection holds ``retry`` with a ``connected`` event, and a ``reset`` event if
+        Raises:
+            The errors of :meth:`open`.
+        """
+        sub = await self.open(channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope)
+        try:
+            yield sub
+        finally:
+            self.release(sub)
+
+    async def open(
+        self,
+        channels: Sequence[str],
+        *,
+        filters: Mapping[str, str] | None = None,
+        last_event_id: str | None = None,
+        send: Send | None = None,
+        scope: Scope | None = None,
+    ) -> Subscription:
+        """Open a subscription; run :meth:`Subscription.stream` once the response has started; always
+        :meth:`release` it (the stream endpoint holds no context manager: one frame less per open stream).
+
+        When this returns, the connection holds ``retry`` with a ``connected`` event, and a ``reset`` event if
         the id is older than the retained history or not an id this hub issued (the documented fallback for a
         malformed Last-Event-ID); the missed events, if any, are in ``backlog`` for ``stream`` to write.
-        Broker errors therefore happen here, before any response starts. Everything held is released on exit.
+        Broker errors therefore happen here, before any response starts (nothing is left held then).
 
         Raises:
             InvalidValueError: bad channels or filters (UnknownChannelError: not allowed).
@@ -434,20 +455,26 @@ class Hub:
         try:
             await self._acquire_broker_channels(unique)
             await self._catch_up(sub, resume_from, last_event_id)
-            self._connections[connection] = None
-            yield sub
-        finally:
-            self._connections.pop(connection, None)
-            connection.close("shutdown")
-            for name in unique:
-                index = self._index[name]
-                index.remove(sub)
-                if not index.count:
-                    del self._index[name]
-                    self._to_release.add(name)
-            self._active -= 1
-            if self._to_release and self._running:
-                self._spawn(self._release_broker_channels(), "ssehub-release")
+        except BaseException:
+            self.release(sub)
+            raise
+        self._connections[connection] = None
+        return sub
+
+    def release(self, sub: Subscription) -> None:
+        """Release everything a subscription holds: its index entries, its count, idle broker channels."""
+        connection = sub.connection
+        self._connections.pop(connection, None)
+        connection.close("shutdown")
+        for name in sub.channels:
+            index = self._index[name]
+            index.remove(sub)
+            if not index.count:
+                del self._index[name]
+                self._to_release.add(name)
+        self._active -= 1
+        if self._to_release and self._running:
+            self._spawn(self._release_broker_channels(), "ssehub-release")
 
     async def _acquire_broker_channels(self, channels: Sequence[str]) -> None:
         # Serialized with releases so that the broker never sees subscribe and unsubscribe of one channel race.
