@@ -44,6 +44,8 @@ _FILTER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _MAX_FILTERS = 8
 _MAX_FILTER_VALUE = 256
 _MISSING = object()
+#: The longest a flush waits for coalescing (a bound on the latency the coalescing adds).
+_MAX_FLUSH_DELAY = 0.025
 
 
 def filter_key(value: Any) -> str | None:
@@ -207,6 +209,7 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._dirty: list[Connection] = []
         self._flush_scheduled = False
+        self._next_flush_at = 0.0
         self._running = False
         patterns = self.settings.channels
         self._allow_all = "*" in patterns
@@ -328,18 +331,33 @@ class Hub:
                 sub.connection.close("resync")
 
     def _mark_dirty(self, connection: Connection) -> None:
-        """A connection has frames queued: flush it (with every other one) at the end of this loop iteration."""
+        """A connection has frames queued: schedule one flush of every dirty connection (see ``_flush``)."""
         self._dirty.append(connection)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            delay = self._next_flush_at - loop.time()
+            if delay > 0:
+                loop.call_later(delay, self._flush)
+            else:
+                loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        # Everything pushed during this loop iteration (a burst of events) goes out in one write per connection.
+        """Write every dirty connection's queue, one write each.
+
+        Self-clocking coalescing: the next flush waits as long as this one took (at most
+        ``_MAX_FLUSH_DELAY``). At light load a flush takes microseconds, so events go out at once; under load
+        the events that arrive while a flush writes to thousands of sockets go out together in the next one,
+        one write per connection for all of them, whatever way the broker hands them over.
+        """
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, []
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         for connection in dirty:
             connection.flush()
+        ended = loop.time()
+        self._next_flush_at = ended + min(ended - started, _MAX_FLUSH_DELAY)
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval
