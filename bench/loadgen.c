@@ -11,7 +11,9 @@
  *           hold --hold seconds, then publish one event per channel and count the subscribers that get it.
  *   ladder  open the subscribers, then for each rate in --rates publish for --step seconds, drain, report one
  *           "step" line (deliveries/s, loss, order, latency percentiles, own CPU); stop after the first step that
- *           fails (loss, p99 >= --p99-max-ms, or publish rate < 95% of the target) unless --no-stop.
+ *           fails (loss, p99 >= --p99-max-ms, or publish rate < 95% of the target) unless --no-stop; then
+ *           bisect --refine times between the last passing and the first failing rate. With --loss-only the
+ *           ladder goes on past latency failures and stops at loss (the baseline's loss-free peak).
  *   storm   open the subscribers, publish --warm events, close every subscriber, publish --behind events, then
  *           reconnect all at once with Last-Event-ID and time until every one has caught up, checking that each
  *           gets exactly the missed events in order.
@@ -66,9 +68,9 @@ static int o_port = 0, o_src_addrs = 1, o_subs = 0, o_channels = 1, o_pub_conns 
 static const char *o_sub_path = "/api/v1/events/stream?channels=bench%d";
 static const char *o_pub_path = "/api/v1/events/publish";
 static const char *o_chan_fmt = "bench%d";
-static int o_pub_raw = 0, o_payload = 100, o_no_stop = 0, o_warm = 5, o_behind = 100;
+static int o_pub_raw = 0, o_payload = 100, o_no_stop = 0, o_warm = 5, o_behind = 100, o_refine = 0, o_loss_only = 0;
 static const char *o_mode = "ladder";
-static double o_step = 5, o_warmup = 1, o_drain = 3, o_p99_max_ms = 100, o_hold = 2, o_connect_timeout = 30;
+static double o_recover = 2, o_step = 5, o_warmup = 1, o_drain = 3, o_p99_max_ms = 100, o_hold = 2, o_connect_timeout = 30;
 static double o_rates[64];
 static int o_server_pids[32], o_nserver_pids;
 static int o_nrates = 0;
@@ -89,6 +91,7 @@ static uint8_t *ev_ok;
 static int64_t *chan_next_idx;
 
 /* step accounting */
+static int64_t st_reads; /* successful reads on subscriber sockets: events per read shows the server's coalescing */
 static int64_t st_g0, st_measure_from, st_expected, st_received, st_late, st_order, st_dups;
 static uint32_t *hist;
 static int64_t hist_n, hist_max_us;
@@ -579,6 +582,7 @@ static void handle(conn *c, uint32_t evs) {
     for (;;) {
         ssize_t n = read(c->fd, rbuf, sizeof rbuf);
         if (n > 0) {
+            st_reads += c->kind == K_SUB;
             int r = c->kind == K_SUB ? sub_feed(c, rbuf, (size_t)n) : pub_feed(c, rbuf, (size_t)n);
             if (r < 0) goto broken;
             if ((size_t)n < sizeof rbuf) return;
@@ -713,7 +717,7 @@ static void begin_plan(int64_t n, double rate) {
 
 static int run_step(double rate, double step_s, int idx) {
     st_g0 = ev_n;
-    st_expected = st_received = st_late = st_order = st_dups = 0;
+    st_expected = st_received = st_late = st_order = st_dups = st_reads = 0;
     memset(hist, 0, sizeof(uint32_t) * HIST_BUCKETS);
     hist_n = hist_max_us = 0;
     int64_t closed0 = n_closed_unexpected;
@@ -743,23 +747,24 @@ static int run_step(double rate, double step_s, int idx) {
     int64_t lost = st_expected - st_received;
     if (lost < 0) lost = 0;
     double p50 = hist_pct(0.5), p90 = hist_pct(0.9), p99 = hist_pct(0.99), p999 = hist_pct(0.999);
-    int pass = lost == 0 && st_order == 0 && ok == n && achieved >= 0.95 * rate && p99 >= 0 && p99 < o_p99_max_ms &&
-               n_closed_unexpected == closed0;
+    int loss_free = lost == 0 && st_order == 0 && ok == n && achieved >= 0.95 * rate && n_closed_unexpected == closed0;
+    int pass = loss_free && p99 >= 0 && p99 < o_p99_max_ms;
     printf("{\"type\":\"step\",\"index\":%d,\"rate\":%.2f,\"subs\":%d,\"open\":%lld,\"channels\":%d,\"planned\":%lld,"
            "\"sent\":%lld,\"published_ok\":%lld,\"publish_rate\":%.2f,\"expected\":%lld,\"received\":%lld,"
            "\"lost\":%lld,\"late_prev\":%lld,\"dups\":%lld,\"order_violations\":%lld,\"closed\":%lld,"
            "\"offered_deliveries_per_s\":%.1f,\"deliveries_per_s\":%.1f,\"lat_samples\":%lld,"
            "\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,"
            "\"publish_s\":%.3f,\"drain_s\":%.3f,\"loadgen_cpu_s\":%.3f,\"loadgen_cpu_pct\":%.1f,"
-           "\"server_cpu_pct\":%.1f,\"pass\":%s}\n",
+           "\"server_cpu_pct\":%.1f,\"events_per_read\":%.2f,\"loss_free\":%s,\"pass\":%s}\n",
            idx, rate, o_subs, (long long)n_open, o_channels, (long long)n, (long long)sent, (long long)ok, achieved,
            (long long)st_expected, (long long)st_received, (long long)lost, (long long)st_late, (long long)st_dups,
            (long long)st_order, (long long)(n_closed_unexpected - closed0), rate * o_subs / o_channels,
            (double)st_received / pub_secs, (long long)hist_n, p50, p90, p99, p999, (double)hist_max_us / 1000.0,
            pub_secs, (double)(t1 - pub_end) / 1e9, cpu, 100.0 * cpu / ((double)(t1 - t0) / 1e9),
-           100.0 * scpu / ((double)(t1 - t0) / 1e9), pass ? "true" : "false");
+           100.0 * scpu / ((double)(t1 - t0) / 1e9), st_reads ? (double)st_received / (double)st_reads : 0.0,
+           loss_free ? "true" : "false", pass ? "true" : "false");
     fflush(stdout);
-    return pass;
+    return pass | (loss_free << 1);
 }
 
 static void mode_ladder(void) {
@@ -768,10 +773,25 @@ static void mode_ladder(void) {
         printf("{\"type\":\"error\",\"error\":\"only %lld of %d subscribers connected\"}\n", (long long)n_open, o_subs);
         return;
     }
+    double lo = 0, hi = -1;
+    int idx = 0, want = o_loss_only ? 2 : 1; /* --loss-only: go on past latency failures, stop at loss */
     for (int i = 0; i < o_nrates && !stop_flag; i++) {
-        int pass = run_step(o_rates[i], o_step, i);
-        if (!pass && !o_no_stop) break;
+        int ok = run_step(o_rates[i], o_step, idx++) & want;
+        if (ok) lo = o_rates[i];
+        else if (!o_no_stop) {
+            hi = o_rates[i];
+            break;
+        }
     }
+    /* bisect between the last passing and the first failing rate, after a pause to let the server recover */
+    for (int r = 0; r < o_refine && hi > 0 && !stop_flag; r++) {
+        double mid = (double)(int64_t)((lo + hi) / 2 + 0.5);
+        if (mid <= lo || mid >= hi || (hi - lo) / hi < 0.08) break;
+        loop_until(now_ns() + (int64_t)(o_recover * 1e9), NULL);
+        if (run_step(mid, o_step, idx++) & want) lo = mid;
+        else hi = mid;
+    }
+    printf("{\"type\":\"ladder\",\"sustained_rate\":%.2f,\"first_failing_rate\":%.2f}\n", lo, hi);
 }
 
 static void mode_idle(void) {
@@ -793,6 +813,8 @@ static void mode_idle(void) {
            (long long)n_open, (long long)(n_closed_unexpected - closed0), (long long)st_expected,
            (long long)st_received, hist_pct(0.99), (double)hist_max_us / 1000.0);
 }
+
+static int pubs_done(void) { return plan_sent >= plan_n && !pubs_busy(); }
 
 static int storm_all_caught_up(void) { return storm_done_count >= o_subs; }
 
@@ -824,7 +846,7 @@ static void mode_storm(void) {
     /* let the server see the disconnects, then publish what the subscribers miss */
     loop_until(now_ns() + 300000000LL, NULL);
     begin_plan(o_behind, 0);
-    loop_until(now_ns() + 20000000000LL, drained);
+    loop_until(now_ns() + 20000000000LL, pubs_done);
     int64_t behind_ok = 0;
     for (int64_t g = o_warm; g < ev_n; g++) behind_ok += ev_ok[g];
     storm_final_idx = chan_next_idx[0] - 1;
@@ -881,6 +903,8 @@ int main(int argc, char **argv) {
         else if (OPT("--p99-max-ms")) o_p99_max_ms = atof(v);
         else if (OPT("--hold")) o_hold = atof(v);
         else if (OPT("--warm")) o_warm = atoi(v);
+        else if (OPT("--refine")) o_refine = atoi(v);
+        else if (OPT("--recover")) o_recover = atof(v);
         else if (OPT("--behind")) o_behind = atoi(v);
         else if (OPT("--server-pids")) {
             char *dup = strdup(v), *save = NULL;
@@ -894,6 +918,7 @@ int main(int argc, char **argv) {
             free(dup);
         } else if (strcmp(a, "--pub-raw") == 0) o_pub_raw = 1;
         else if (strcmp(a, "--no-stop") == 0) o_no_stop = 1;
+        else if (strcmp(a, "--loss-only") == 0) o_loss_only = 1;
         else usage();
 #undef OPT
     }

@@ -29,7 +29,7 @@ REDIS_URL = os.environ.get("NAIVE_REDIS_URL", "redis://127.0.0.1:6379/0")
 PREFIX = "naive:"
 
 app = FastAPI(title="naive SSE baseline")
-redis = aioredis.from_url(REDIS_URL)
+redis = aioredis.from_url(REDIS_URL, max_connections=50_000)  # a pool big enough for one per browser
 _seq = itertools.count()
 
 
@@ -55,7 +55,8 @@ async def stream(channels: str = "default") -> EventSourceResponse:
                 if message["type"] != "message":
                     continue
                 event = json.loads(message["data"])  # decoded and re-encoded for every connection
-                yield {"id": event["id"], "event": event["event"], "data": json.dumps(event["data"], separators=(",", ":"))}
+                data = json.dumps(event["data"], separators=(",", ":"))
+                yield {"id": event["id"], "event": event["event"], "data": data}
         finally:
             await pubsub.aclose()
 

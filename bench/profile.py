@@ -1,0 +1,90 @@
+"""`make bench-profile`: where ssehub's time goes during fan-out, sampled with py-spy.
+
+Starts ssehub (memory broker, or Redis with ``BENCH_PROFILE_BROKER=redis``) pinned to core 0, holds 1,000
+subscribers from the C load generator on core 1,
+publishes at a fixed rate (``BENCH_PROFILE_RATE`` events/s, default 200) for ~10 s while ``py-spy record`` samples
+the hub, and writes ``bench/results/tmp/profile-<rate>.svg`` (flame graph), ``.txt`` (raw stacks) and prints the
+functions and lines with the most samples. py-spy needs ptrace rights (root, or CAP_SYS_PTRACE).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import loadgen
+from servers import BENCH, ROOT, Redis, Ssehub
+
+OUT = BENCH / "results" / "tmp"
+PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
+
+
+def summarize(raw: Path, top: int = 15) -> str:
+    """Self samples by function and by line from py-spy's raw (collapsed stack) output."""
+    by_func: collections.Counter[str] = collections.Counter()
+    by_line: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        total += n
+        leaf = stack.split(";")[-1]
+        by_line[leaf] += n
+        by_func[leaf.rsplit(":", 1)[0] + ")"] += n
+    out = [f"{total} samples (the hub's busy time; idle waits are not sampled)", "", "self time by function:"]
+    out += [f"  {100 * n / total:5.1f}%  {name}" for name, n in by_func.most_common(top)]
+    out += ["", "self time by line:"]
+    out += [f"  {100 * n / total:5.1f}%  {name}" for name, n in by_line.most_common(top)]
+    return "\n".join(out)
+
+
+def main() -> int:
+    rate = os.environ.get("BENCH_PROFILE_RATE", "200")
+    loadgen.build()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {int(loadgen.LOAD_CORE)})
+    redis = Redis().start() if os.environ.get("BENCH_PROFILE_BROKER") == "redis" else None
+    name = f"profile-{'redis-' if redis else ''}{rate}"
+    raw, svg = OUT / f"{name}.txt", OUT / f"{name}.svg"
+    server: Ssehub | None = None
+    spies: list[subprocess.Popen[bytes]] = []
+    try:
+        server = Ssehub(redis).start()
+        for fmt, path in (("raw", raw), ("flamegraph", svg)):
+            spies.append(subprocess.Popen(
+                [str(PY_SPY), "record", "-p", str(server.pid), "-d", "13", "-r", "250", "-f", fmt,
+                 "-o", str(path), "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))  # fmt: skip
+        lines = loadgen.run(server, "ladder", 1000, timeout=60,
+                            args=("--rates", f"{rate},{rate}", "--step", "5", "--no-stop", "--pub-conns", "8"))
+        for spy in spies:
+            spy.wait(timeout=30)
+    finally:
+        for spy in spies:
+            if spy.poll() is None:
+                spy.kill()
+                spy.wait()
+        if server:
+            server.stop()
+        if redis:
+            redis.stop()
+    for step in loadgen.of_type(lines, "step"):
+        print(f"{step['rate']:g} ev/s x 1000: {step['deliveries_per_s']:,.0f} deliveries/s, lost {step['lost']}, "
+              f"p50 {step['p50_ms']} ms, p99 {step['p99_ms']} ms, server CPU {step['server_cpu_pct']}%")  # fmt: skip
+    if raw.exists():
+        print(summarize(raw))
+        print(f"\nflame graph: {svg}")
+        return 0
+    print("bench-profile: py-spy wrote nothing (does it have ptrace rights?)", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
