@@ -20,9 +20,10 @@ from ssehub.exceptions import (
     SSEHubError,
     UnknownChannelError,
 )
-from ssehub.hub import Hub, Subscription
+from ssehub.hub import Hub
 from ssehub.publisher import AsyncPublisher, Publisher
 from ssehub.settings import Settings
+from ssehub.subscription import Subscription
 
 __version__ = "0.1.0"
 

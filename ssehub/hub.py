@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from ssehub._types import Receive, Scope, Send
+from ssehub._types import Scope, Send
 from ssehub.brokers import Broker, create_broker
 from ssehub.connection import Connection, chunk
 from ssehub.encoder import encode
@@ -37,156 +37,12 @@ from ssehub.exceptions import (
     UnknownChannelError,
 )
 from ssehub.settings import Settings
+from ssehub.subscription import MISSING, ChannelIndex, Subscription, filter_key, validate_filters
 
 logger = logging.getLogger("ssehub.hub")
 
-_FILTER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-_MAX_FILTERS = 8
-_MAX_FILTER_VALUE = 256
-_MISSING = object()
 #: The longest a flush waits for coalescing (a bound on the latency the coalescing adds).
 _MAX_FLUSH_DELAY = 0.025
-
-
-def filter_key(value: Any) -> str | None:
-    """How a data field compares with a filter's text: strings as they are, other JSON scalars as JSON."""
-    if isinstance(value, str):
-        return value
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value is None:
-        return "null"
-    if isinstance(value, int | float):
-        return dump_json(value)
-    return None
-
-
-def validate_filters(filters: Mapping[str, str]) -> dict[str, str]:
-    """Check filter names and values; return them as a plain dict.
-
-    Raises:
-        InvalidValueError: a bad name, an overlong value, or too many filters.
-    """
-    if len(filters) > _MAX_FILTERS:
-        raise InvalidValueError(f"at most {_MAX_FILTERS} filters per stream, got {len(filters)}", "INVALID_FILTER")
-    for name, value in filters.items():
-        if _FILTER_NAME.fullmatch(name) is None:
-            raise InvalidValueError(
-                f"invalid filter field {name[:70]!r}: use a letter or _, then letters, digits, _", "INVALID_FILTER"
-            )
-        if len(value) > _MAX_FILTER_VALUE:
-            raise InvalidValueError(f"filter {name!r} is longer than {_MAX_FILTER_VALUE} characters", "INVALID_FILTER")
-    return dict(filters)
-
-
-class Subscription:
-    """One stream's subscription: channels, filters and the connection its events go to."""
-
-    __slots__ = ("backlog", "channels", "connection", "cutoff", "filters", "pending", "pending_bytes", "rest")
-
-    def __init__(self, channels: tuple[str, ...], filters: dict[str, str], connection: Connection) -> None:
-        self.channels = channels
-        self.filters = filters
-        self.connection = connection
-        # Filters other than the one used for the index, checked per event; None when there are none.
-        self.rest: tuple[tuple[str, str], ...] | None = tuple(sorted(filters.items()))[1:] or None
-        # Live events held while history is read and written; None once caught up.
-        self.pending: list[Event] | None = []
-        self.pending_bytes = 0
-        # Missed events to write once the response has started, and the id after which held events are new.
-        self.backlog: list[Event] = []
-        self.cutoff = EventId(0, 0)
-
-    async def stream(self, receive: Receive) -> None:
-        """Write the backlog, go live, and stream until the connection closes (the response must be started)."""
-        await self.connection.run(receive, self._replay)
-
-    async def _replay(self) -> None:
-        """Write missed events page by page, each page once the previous one drained, then go live.
-
-        Paging keeps a long replay (many channels, large events) within the connection's buffer bound: a
-        replay written at once could exceed it, end the stream, and make the client retry the same replay
-        forever. Live events meanwhile wait in ``pending``, bounded the same way.
-        """
-        connection = self.connection
-        page_limit = connection.max_buffer_bytes // 2
-        page = 0
-        for event in self.backlog:
-            if connection.closed:
-                return
-            frame = event.frame
-            connection.push(frame, event.chunk)
-            page += len(frame)
-            if page >= page_limit:
-                page = 0
-                connection.flush()
-                await connection.drained()
-        self.backlog = []
-        pending = self.pending or []
-        self.pending = None
-        cutoff = self.cutoff
-        for event in pending:
-            if event.id > cutoff:
-                connection.push(event.frame, event.chunk)
-
-    def accepts(self, fields: Mapping[str, Any]) -> bool:
-        """Whether an event with these data fields passes every filter."""
-        return all(filter_key(fields.get(name, _MISSING)) == value for name, value in self.filters.items())
-
-    def hold(self, event: Event) -> None:
-        """Keep a live event aside while catching up, within the connection's buffer bound."""
-        pending = self.pending
-        if pending is None:
-            self.connection.push(event.frame, event.chunk)
-            return
-        pending.append(event)
-        self.pending_bytes += len(event.frame)
-        if self.pending_bytes > self.connection.max_buffer_bytes:
-            pending.clear()
-            self.connection.close("overflow")
-
-
-class _ChannelIndex:
-    """The subscriptions of one channel: unfiltered ones, and filtered ones by (field, value)."""
-
-    __slots__ = ("by_field", "count", "plain")
-
-    def __init__(self) -> None:
-        self.plain: dict[Subscription, None] = {}
-        self.by_field: dict[str, dict[str, dict[Subscription, None]]] = {}
-        self.count = 0
-
-    def add(self, sub: Subscription) -> None:
-        if sub.filters:
-            name, value = min(sub.filters.items())
-            self.by_field.setdefault(name, {}).setdefault(value, {})[sub] = None
-        else:
-            self.plain[sub] = None
-        self.count += 1
-
-    def subscriptions(self) -> list[Subscription]:
-        """Every subscription of the channel, filtered or not."""
-        subs = list(self.plain)
-        for by_value in self.by_field.values():
-            for group in by_value.values():
-                subs.extend(group)
-        return subs
-
-    def remove(self, sub: Subscription) -> None:
-        if sub.filters:
-            name, value = min(sub.filters.items())
-            by_value = self.by_field[name]
-            subs = by_value[value]
-            del subs[sub]
-            if not subs:
-                del by_value[value]
-                if not by_value:
-                    del self.by_field[name]
-        else:
-            del self.plain[sub]
-        self.count -= 1
 
 
 class Hub:
@@ -200,7 +56,7 @@ class Hub:
     def __init__(self, settings: Settings | None = None, *, broker: Broker | None = None) -> None:
         self.settings = settings if settings is not None else Settings()
         self.broker = broker if broker is not None else create_broker(self.settings)
-        self._index: dict[str, _ChannelIndex] = {}
+        self._index: dict[str, ChannelIndex] = {}
         self._connections: dict[Connection, None] = {}
         self._active = 0
         self._broker_channels: set[str] = set()
@@ -310,7 +166,7 @@ class Hub:
         if index.by_field:
             fields = event.fields
             for name, by_value in index.by_field.items():
-                key = filter_key(fields.get(name, _MISSING))
+                key = filter_key(fields.get(name, MISSING))
                 subs = by_value.get(key) if key is not None else None
                 if subs:
                     for sub in subs:
@@ -468,7 +324,7 @@ class Hub:
         for name in unique:
             index = self._index.get(name)
             if index is None:
-                index = self._index[name] = _ChannelIndex()
+                index = self._index[name] = ChannelIndex()
             index.add(sub)
         try:
             await self._acquire_broker_channels(unique)
