@@ -42,8 +42,10 @@ def require_redis() -> None:
 
 @cache
 def load_script(name: str) -> str:
-    """The text of a Lua script shipped as package data in ``ssehub/brokers/lua``."""
-    return (resources.files("ssehub.brokers") / "lua" / name).read_text(encoding="utf-8")
+    """A Lua script shipped as package data in ``ssehub/brokers/lua``, preceded by the shared ``_lib.lua``."""
+    folder = resources.files("ssehub.brokers") / "lua"
+    library = (folder / "_lib.lua").read_text(encoding="utf-8")
+    return library + "\n" + (folder / name).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)
