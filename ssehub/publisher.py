@@ -65,11 +65,8 @@ class _Base:
     def _call_args(self, channel: str, event: str, data: Any) -> tuple[list[str], list[str | int]]:
         validate_channel(channel)
         validate_event_type(event)
-        try:
-            text = dump_json(data)
-        except (TypeError, ValueError) as exc:
-            raise InvalidValueError(f"event data must be JSON-serializable (no NaN or infinity): {exc}") from exc
-        return publish_call(self._layout, self._options, channel, event, text)
+        # dump_json raises InvalidValueError (code INVALID_DATA) for NaN, infinities and non-JSON values.
+        return publish_call(self._layout, self._options, channel, event, dump_json(data))
 
     @staticmethod
     def _download_progress(download_id: str | int, progress: float, extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -96,8 +96,9 @@ async def test_publishers_validate_before_sending(redis_server: RedisServer) -> 
             await publisher.publish("bad channel", "e", 1)
         with pytest.raises(InvalidValueError):
             await publisher.publish("x", "bad\nevent", 1)
-        with pytest.raises(InvalidValueError):
+        with pytest.raises(InvalidValueError) as refused:
             await publisher.publish("x", "e", float("nan"))
+        assert refused.value.code == "INVALID_DATA"
         with pytest.raises(InvalidValueError):
             await publisher.publish("x", "e", object())
         with pytest.raises(InvalidValueError):
