@@ -31,7 +31,7 @@ from ssehub._types import Receive, Scope, Send
 
 logger = logging.getLogger("ssehub.connection")
 
-CloseReason = Literal["client", "timeout", "overflow", "shutdown", "resync", "error"]
+CloseReason = Literal["client", "timeout", "overflow", "shutdown", "resync", "error", "expired"]
 
 #: How long the final write of a stream may take before the connection is abandoned.
 _FINAL_WRITE_TIMEOUT = 5.0

@@ -22,9 +22,10 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ssehub._types import Scope, Send
+from ssehub.auth import Authenticator
 from ssehub.brokers import Broker, create_broker
 from ssehub.connection import Connection, chunk
 from ssehub.encoder import encode
@@ -36,8 +37,12 @@ from ssehub.exceptions import (
     InvalidValueError,
     UnknownChannelError,
 )
+from ssehub.expiry import EarlyDeadlines, token_deadline
 from ssehub.settings import Settings
 from ssehub.subscription import MISSING, ChannelIndex, Subscription, filter_key, validate_filters
+
+if TYPE_CHECKING:
+    from ssehub.grants import Grant
 
 logger = logging.getLogger("ssehub.hub")
 
@@ -70,10 +75,14 @@ class Hub:
         patterns = self.settings.channels
         self._allow_all = "*" in patterns
         self._patterns = [re.compile(fnmatch.translate(p)) for p in patterns]
+        #: Credentials and grants (ssehub/auth.py); the stream and publish endpoints ask it once per request.
+        self.auth = Authenticator(self.settings)
+        self._early = EarlyDeadlines()
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Hub:
+        self.auth.announce()
         await self.broker.start(self._on_event, self._on_gap)
         self._running = True
         self._spawn(self._heartbeat_loop(), "ssehub-heartbeat")
@@ -239,6 +248,12 @@ class Hub:
                 expired.append(connection)
             for connection in expired:
                 connection.close("timeout")
+            # Streams whose token expires before the shared timeout (a small heap, see ssehub/expiry.py): tell
+            # the client why, then end cleanly; it comes back with a fresh token and resumes.
+            for connection in self._early.due(now):
+                if connection in self._connections and not connection.closed:
+                    connection.push(encode(dump_json({"reason": "token_expired"}), event="token_expired"))
+                    connection.close("expired")
 
     # -- subscribing ----------------------------------------------------------------------------------------
 
@@ -259,13 +274,16 @@ class Hub:
         last_event_id: str | None = None,
         send: Send | None = None,
         scope: Scope | None = None,
+        grant: Grant | None = None,
     ) -> AsyncIterator[Subscription]:
         """:meth:`open` a subscription and :meth:`release` it on exit.
 
         Raises:
             The errors of :meth:`open`.
         """
-        sub = await self.open(channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope)
+        sub = await self.open(
+            channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope, grant=grant
+        )
         try:
             yield sub
         finally:
@@ -279,6 +297,7 @@ class Hub:
         last_event_id: str | None = None,
         send: Send | None = None,
         scope: Scope | None = None,
+        grant: Grant | None = None,
     ) -> Subscription:
         """Open a subscription; run :meth:`Subscription.stream` once the response has started; always
         :meth:`release` it (the stream endpoint holds no context manager: one frame less per open stream).
@@ -287,6 +306,8 @@ class Hub:
         the id is older than the retained history or not an id this hub issued (the documented fallback for a
         malformed Last-Event-ID); the missed events, if any, are in ``backlog`` for ``stream`` to write.
         Broker errors therefore happen here, before any response starts (nothing is left held then).
+        ``grant`` (checked by the caller, :meth:`Authenticator.stream_grant`) is carried by the subscription;
+        a stream whose grant expires ends then (close reason ``expired``).
 
         Raises:
             InvalidValueError: bad channels or filters (UnknownChannelError: not allowed).
@@ -312,15 +333,18 @@ class Hub:
         resume_from = self._parse_resume_id(last_event_id)
 
         self._active += 1
+        now = asyncio.get_running_loop().time()
+        deadline = now + self.settings.connection_timeout
         connection = Connection(
             secrets.token_hex(8),
             self.settings.max_buffer_bytes,
             self._mark_dirty,
-            asyncio.get_running_loop().time() + self.settings.connection_timeout,
+            deadline,
             send,
             scope,
         )
         sub = Subscription(unique, checked_filters, connection)
+        sub.grant = grant
         for name in unique:
             index = self._index.get(name)
             if index is None:
@@ -333,6 +357,9 @@ class Hub:
             self.release(sub)
             raise
         self._connections[connection] = None
+        early = token_deadline(grant, now, deadline)
+        if early is not None:
+            self._early.add(early, connection)
         return sub
 
     def release(self, sub: Subscription) -> None:
@@ -385,10 +412,15 @@ class Hub:
             connection.push(encode(dump_json(info), event="connected", id=str(resume_from), retry=settings.retry_ms))
             if history.expired:
                 self._push_reset(sub, "history_expired", history.expired, cutoff)
-            elif sub.filters:
-                sub.backlog = [event for event in history.events if sub.accepts(event.fields)]
             else:
-                sub.backlog = history.events
+                # Replay only what this stream may read: its own (authorized) channels, then its filters. The
+                # broker reads exactly these channels; the check keeps a resume from ever leaking another.
+                channels = frozenset(sub.channels)
+                sub.backlog = [
+                    event
+                    for event in history.events
+                    if event.channel in channels and (not sub.filters or sub.accepts(event.fields))
+                ]
         else:
             cutoff = await self.broker.head()
             info["resumed"] = False
