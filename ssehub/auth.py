@@ -122,17 +122,17 @@ class Authenticator:
             scheme, _, value = authorization.partition(" ")
             if scheme.lower() == "bearer" and value.strip():
                 return value.strip()
-        value = headers.get("x-api-key")
-        if value:
-            return value.strip()
+        api_key = headers.get("x-api-key")
+        if api_key:
+            return api_key.strip()
         if query:
-            value = connection.query_params.get(TOKEN_PARAM)
-            if value:
-                return value
+            param = connection.query_params.get(TOKEN_PARAM)
+            if param:
+                return param
         if cookie and self._cookie is not None:
-            value = connection.cookies.get(self._cookie)
-            if value:
-                return value
+            from_cookie = connection.cookies.get(self._cookie)
+            if from_cookie:
+                return from_cookie
         return None
 
     async def authenticate(self, connection: HTTPConnection, *, query: bool = True, cookie: bool = True) -> Grant:

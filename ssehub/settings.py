@@ -139,6 +139,10 @@ class Settings(BaseSettings):
         )
         if problem:
             raise ValueError(problem)
+        secret_bytes = len(self.jwt_secret.get_secret_value().encode())
+        needed = max([int(alg[2:]) // 8 for alg in self.jwt_algorithms if alg.startswith("HS")] or [32])
+        if 0 < secret_bytes < needed:
+            raise ValueError(f"jwt_secret must be at least {needed} bytes (RFC 7518: as long as the HMAC output)")
         if self.jwt_public_key_file and self.jwt_jwks_url:
             raise ValueError("set jwt_public_key_file or jwt_jwks_url, not both")
         return self

@@ -25,7 +25,7 @@ from ssehub.testing import free_port
 KEY_SUBSCRIBE = "sub-key-0123456789abcdef"
 KEY_PUBLISH = "pub-key-0123456789abcdef"
 KEY_ADMIN = "adm-key-0123456789abcdef"
-SECRET = "hs256-secret-for-tests-0123456789abcdef"
+SECRET = "hs256-secret-for-tests-" + "0123456789abcdef" * 3
 
 
 def rsa_key() -> rsa.RSAPrivateKey:

@@ -110,7 +110,7 @@ def test_implicit_user_and_session_channels() -> None:
 
 def test_claims_of_the_wrong_type_are_refused() -> None:
     """Claims that are not the documented types make the token invalid rather than granting anything."""
-    bad = [
+    bad: list[dict[str, Any]] = [
         {"sub": 42},
         {"sid": ["x"]},
         {"ssehub": ["user:*"]},
@@ -158,6 +158,7 @@ def test_redact_hides_query_tokens() -> None:
         ({"public_channels": "news,bad pattern"}, "invalid channel pattern"),
         ({"jwt_algorithms": "HS256"}, "jwt_secret is not set"),
         ({"jwt_secret": SECRET, "jwt_algorithms": "none"}, "unsupported none"),
+        ({"jwt_secret": "too-short"}, "at least 32"),
         ({"jwt_secret": SECRET, "jwt_algorithms": "RS256"}, "neither jwt_public_key_file"),
         ({"jwt_public_key_file": "/nonexistent/key.pem"}, "is not a file"),
         ({"jwt_jwks_url": "ftp://x/jwks"}, "https://"),
@@ -329,7 +330,7 @@ def hs_server(start_server: ServerFactory) -> Server:
 
 async def test_hs256_token_misuse(hs_server: Server, client: httpx.AsyncClient) -> None:
     """Every misuse of an HS256 token is refused with 401 and the right code; a good token is accepted."""
-    good = {"sub": "u4", "aud": "hub", "iss": "idp"}
+    good: dict[str, Any] = {"sub": "u4", "aud": "hub", "iss": "idp"}
     url = f"{hs_server.api}/stream?channels=user:u4"
     now = int(time.time())
     cases: list[tuple[str, str, str]] = [
@@ -337,7 +338,7 @@ async def test_hs256_token_misuse(hs_server: Server, client: httpx.AsyncClient) 
         ("expired", token(exp_in=-60, **good), "TOKEN_EXPIRED"),
         ("not yet valid", token(nbf=now + 600, **good), "INVALID_TOKEN"),
         ("issued in the future", token(**{**good, "iat": now + 600}), "INVALID_TOKEN"),
-        ("wrong key", token("another-secret-0123456789abcdef0123", **good), "INVALID_TOKEN"),
+        ("wrong key", token("another-secret-" + "0123456789abcdef" * 4, **good), "INVALID_TOKEN"),
         ("wrong audience", token(**{**good, "aud": "other"}), "INVALID_TOKEN"),
         ("no audience", token(sub="u4", iss="idp"), "INVALID_TOKEN"),
         ("wrong issuer", token(**{**good, "iss": "evil"}), "INVALID_TOKEN"),
