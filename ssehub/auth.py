@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ssehub.events import validate_channel
-from ssehub.exceptions import AuthenticationError, PermissionDeniedError
+from ssehub.exceptions import AuthenticationError, MissingDependencyError, PermissionDeniedError
 from ssehub.grants import OPEN_GRANT, ChannelPatterns, Grant
 from ssehub.tokens import TokenVerifier
 
@@ -79,6 +79,21 @@ def open_bind_refusal(settings: Settings) -> str | None:
         "read every channel and publish anything. Configure SSEHUB_API_KEYS or SSEHUB_JWT_* (see "
         "docs/security.md), bind to 127.0.0.1, or set SSEHUB_ALLOW_OPEN=true if an open hub is what you mean."
     )
+
+
+def startup_problem(settings: Settings) -> str | None:
+    """Why ``ssehub serve`` must not start with these settings (open on a public address, an unusable key file,
+    PyJWT missing), as a message; None if it may."""
+    refusal = open_bind_refusal(settings)
+    if refusal is not None:
+        return refusal
+    try:
+        Authenticator(settings)
+    except MissingDependencyError as exc:
+        return f"ssehub: JWT settings need PyJWT: {exc}"
+    except ValueError as exc:
+        return f"ssehub: invalid authentication settings: {exc}"
+    return None
 
 
 class Authenticator:
@@ -219,4 +234,4 @@ class Authenticator:
         return {name: value for name, value in health.items() if name not in _HEALTH_ADMIN_FIELDS}
 
 
-__all__ = ["TOKEN_PARAM", "Authenticator", "jwt_configured", "open_bind_refusal", "runs_open"]
+__all__ = ["TOKEN_PARAM", "Authenticator", "jwt_configured", "open_bind_refusal", "runs_open", "startup_problem"]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from ssehub.auth import open_bind_refusal
+from ssehub.auth import startup_problem
 from ssehub.settings import Settings
 
 
@@ -58,7 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"ssehub: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    refusal = open_bind_refusal(settings)
+    refusal = startup_problem(settings)
     if refusal is not None:
         print(refusal, file=sys.stderr)
         return 2

@@ -116,6 +116,22 @@ def test_open_hub_warns_at_start(tmp_path: Path) -> None:
     assert "runs OPEN" in log.read_text()
 
 
+def test_unusable_public_key_file_is_reported(tmp_path: Path) -> None:
+    """A JWT public key file that holds no PEM key stops ssehub serve with exit status 2 and a clear message."""
+    bad = tmp_path / "key.pem"
+    bad.write_text("not a key")
+    result = subprocess.run(
+        [sys.executable, "-m", "ssehub", "serve", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=_env(SSEHUB_JWT_PUBLIC_KEY_FILE=str(bad)),
+    )
+    assert result.returncode == 2
+    assert "does not hold a PEM public key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_open_hub_refuses_a_public_address() -> None:
     """Open and bound to a non-loopback address: ssehub serve exits 2 naming the setting that allows it."""
     for host in ("0.0.0.0", "::", "example.com"):
