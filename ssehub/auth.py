@@ -213,7 +213,7 @@ class Authenticator:
     def _refuse(self, grant: Grant, what: str) -> None:
         if grant.kind == "anonymous":
             raise AuthenticationError(f"credentials are needed to {what}", "UNAUTHORIZED")
-        logger.info("refused %s (%s) to %s", grant.name, grant.kind, what)
+        logger.info("refused %r (%s) to %s", grant.name, grant.kind, what)
         raise PermissionDeniedError(f"these credentials may not {what}")
 
     async def stream_grant(self, connection: HTTPConnection, channels: Sequence[str]) -> Grant:

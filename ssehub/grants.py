@@ -145,6 +145,7 @@ class Grant:
         publish: channel patterns the caller may publish to.
         admin: may see per-channel and broker details in ``/health``.
         expires_at: Unix time at which the credential stops being valid (leeway included); None: never.
+        implicit: the ``user:<sub>`` and ``session:<sid>`` channels included in ``subscribe``.
     """
 
     kind: GrantKind

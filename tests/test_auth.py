@@ -456,3 +456,15 @@ async def test_jwks_unreachable(start_server: ServerFactory, client: httpx.Async
     status, body, headers = await _status(client, f"{server.api}/stream?channels=user:dave&token={jwt_text}")
     assert (status, body["code"]) == (503, "AUTH_UNAVAILABLE")
     assert headers["retry-after"] == "5"
+
+
+async def test_query_tricks_do_not_widen_access(hs_server: Server, client: httpx.AsyncClient) -> None:
+    """Repeated channels parameters and filters cannot make a stream read a channel that was not authorized."""
+    jwt_text = token(sub="u4", aud="hub", iss="idp")
+    base = f"{hs_server.api}/stream?token={jwt_text}"
+    status, body, _ = await _status(client, f"{base}&channels=user:u4&channels=user:u42")
+    assert (status, body["code"]) == (403, "FORBIDDEN")
+    async with open_stream(client, f"{base}&channels=user:u42&channels=user:u4&channel=user:u42") as stream:
+        assert stream.response.status_code == 200
+        connected = json.loads((await stream.next_event()).data)
+        assert connected["channels"] == ["user:u4"]
