@@ -11,8 +11,10 @@ import urllib.request
 from collections.abc import Sequence
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from ssehub.auth import startup_problem
+from ssehub.redact import validation_error_text
 from ssehub.settings import Settings
 
 
@@ -56,7 +58,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        print(f"ssehub: invalid settings:\n{exc}", file=sys.stderr)
+        print(f"ssehub: invalid settings:\n{validation_error_text(exc)}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:  # e.g. SSEHUB_API_KEYS that is not JSON (the message names the field only)
+        print(f"ssehub: invalid settings: {exc}", file=sys.stderr)
         return 2
     refusal = startup_problem(settings)
     if refusal is not None:

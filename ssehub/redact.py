@@ -9,7 +9,10 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 #: ``token=...`` in a query string (also ``access_token``, a common name), up to the next ``&``, space or quote.
 _TOKEN_IN_QUERY = re.compile(r"([?&](?:access_)?token=)[^&\s\"']*", re.IGNORECASE)
@@ -48,4 +51,18 @@ def uvicorn_log_config() -> dict[str, Any]:
     return config
 
 
-__all__ = ["REDACTED", "RedactTokenFilter", "redact", "uvicorn_log_config"]
+def validation_error_text(exc: ValidationError) -> str:
+    """A settings error as lines of ``SSEHUB_NAME (location): message``, without the values given.
+
+    pydantic's own text repeats each bad input, which would print an API key or a JWT secret to the terminal
+    and the service's log.
+    """
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        loc = ".".join(str(part) for part in error["loc"])
+        name = f"SSEHUB_{str(error['loc'][0]).upper()} ({loc})" if error["loc"] else "settings"
+        lines.append(f"  {name}: {error['msg']}")
+    return "\n".join(lines)
+
+
+__all__ = ["REDACTED", "RedactTokenFilter", "redact", "uvicorn_log_config", "validation_error_text"]

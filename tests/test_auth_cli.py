@@ -101,6 +101,13 @@ def test_tokens_never_reach_the_logs(tmp_path: Path) -> None:
                 headers={"X-API-Key": KEY_PUBLISH},
             )
             assert published.status_code == 201
+            command = [sys.executable, "-m", "ssehub", "publish", "download:updates", "e", "1", "--url", api]
+            run = {"capture_output": True, "text": True, "timeout": 20, "env": _env()}
+            with_token = subprocess.run([*command, "--token", KEY_PUBLISH], **run)  # type: ignore[call-overload]
+            assert with_token.returncode == 0, with_token.stderr
+            without = subprocess.run(command, **run)  # type: ignore[call-overload]
+            assert without.returncode == 1
+            assert "UNAUTHORIZED" in without.stderr
     finally:
         _stop(process)
     output = log.read_text()
@@ -114,6 +121,25 @@ def test_open_hub_warns_at_start(tmp_path: Path) -> None:
     process, _api, log = _serve(tmp_path)
     _stop(process)
     assert "runs OPEN" in log.read_text()
+
+
+def test_settings_errors_do_not_print_secrets() -> None:
+    """A refused API key or JWT secret is named in the error, but its value is not printed."""
+    for env in (
+        {"SSEHUB_API_KEYS": '[{"key": "tiny-secret-key", "scopes": ["admin"]}]'},
+        {"SSEHUB_JWT_SECRET": "tiny-secret-key"},
+        {"SSEHUB_API_KEYS": '[{"key": "tiny-secret-key", oops'},
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "ssehub", "serve", "--port", str(free_port())],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            env=_env(**env),
+        )
+        assert result.returncode == 2, env
+        assert "invalid settings" in result.stderr
+        assert "tiny-secret-key" not in result.stderr + result.stdout
 
 
 def test_unusable_public_key_file_is_reported(tmp_path: Path) -> None:
