@@ -468,3 +468,25 @@ async def test_query_tricks_do_not_widen_access(hs_server: Server, client: httpx
         assert stream.response.status_code == 200
         connected = json.loads((await stream.next_event()).data)
         assert connected["channels"] == ["user:u4"]
+
+
+async def test_jwks_cached_keys_survive_an_outage(
+    start_server: ServerFactory, client: httpx.AsyncClient, rsa_private: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the JWKS goes down, cached keys keep verifying tokens (even past their cache time); an unknown kid is
+    still refused as INVALID_TOKEN, not an outage."""
+    import ssehub.tokens
+
+    jwks = JWKSServer()
+    jwks.keys = [jwk(rsa_private, "k1", "RS256")]
+    good = token(rsa_private, "RS256", headers={"kid": "k1"}, sub="erin")
+    unknown = token(rsa_private, "RS256", headers={"kid": "k9"}, sub="erin")
+    with jwks.running():
+        server = start_server(jwt_jwks_url=jwks.url)
+        url = f"{server.api}/stream?channels=user:erin"
+        assert (await _status(client, f"{url}&token={good}"))[0] == 200
+    monkeypatch.setattr(ssehub.tokens, "_JWKS_TTL", 0.0)  # every cached key is now stale: a refetch is tried
+    monkeypatch.setattr(ssehub.tokens, "_JWKS_MIN_REFRESH", 0.0)
+    assert (await _status(client, f"{url}&token={good}"))[0] == 200
+    status, body, _ = await _status(client, f"{url}&token={unknown}")
+    assert (status, body["code"]) == (401, "INVALID_TOKEN")
