@@ -321,4 +321,51 @@ def grant_from_claims(claims: dict[str, Any], claim_name: str = "ssehub", leeway
     )
 
 
-__all__ = ["TokenVerifier", "effective_algorithms", "grant_from_claims"]
+def issue_token(
+    key: Any,
+    *,
+    sub: str | None = None,
+    sid: str | None = None,
+    subscribe: list[str] | None = None,
+    publish: list[str] | None = None,
+    admin: bool = False,
+    ttl: float = 600.0,
+    algorithm: str = "HS256",
+    claim: str = "ssehub",
+    headers: dict[str, Any] | None = None,
+    **extra: Any,
+) -> str:
+    """A token ssehub accepts, for your backend (or tests and demos) to hand to a client.
+
+    Args:
+        key: the HS256 secret, or the private key (PEM or ``cryptography`` object) for RS256/ES256.
+        sub: the user (grants ``user:<sub>``); sid: the session (grants ``session:<sid>``).
+        subscribe, publish: channel patterns; admin: per-channel details in ``/health``.
+        ttl: seconds until ``exp``: keep it short, a stream ends when its token expires.
+        algorithm, claim, headers: as configured on the hub (``SSEHUB_JWT_*``); ``headers`` e.g. ``{"kid": ...}``.
+        extra: more claims (``aud``, ``iss``, ...).
+
+    Raises:
+        MissingDependencyError: PyJWT is not installed.
+    """
+    jwt = _import_jwt()
+    now = int(time.time())
+    claims: dict[str, Any] = {"iat": now, "exp": int(now + ttl), **extra}
+    if sub is not None:
+        claims["sub"] = sub
+    if sid is not None:
+        claims["sid"] = sid
+    grant: dict[str, Any] = {}
+    if subscribe:
+        grant["subscribe"] = list(subscribe)
+    if publish:
+        grant["publish"] = list(publish)
+    if admin:
+        grant["admin"] = True
+    if grant:
+        claims[claim] = grant
+    text: str = jwt.encode(claims, key, algorithm=algorithm, headers=headers)
+    return text
+
+
+__all__ = ["TokenVerifier", "effective_algorithms", "grant_from_claims", "issue_token"]

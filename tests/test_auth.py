@@ -490,3 +490,22 @@ async def test_jwks_cached_keys_survive_an_outage(
     assert (await _status(client, f"{url}&token={good}"))[0] == 200
     status, body, _ = await _status(client, f"{url}&token={unknown}")
     assert (status, body["code"]) == (401, "INVALID_TOKEN")
+
+
+async def test_issue_token_round_trip(tmp_path: Path, rsa_private: Any) -> None:
+    """issue_token makes tokens the hub accepts with the grants asked for (HS256 and RS256)."""
+    from ssehub.auth import Authenticator
+    from ssehub.tokens import issue_token
+
+    hs = Authenticator(Settings(_env_file=None, jwt_secret=SECRET))
+    grant = await hs.check(issue_token(SECRET, sub="u7", sid="s7", subscribe=["news"], publish=["chat:*"], ttl=60))
+    assert (grant.subject, grant.session, grant.kind) == ("u7", "s7", "jwt")
+    assert grant.can_subscribe("user:u7")
+    assert grant.can_subscribe("session:s7")
+    assert grant.can_subscribe("news")
+    assert grant.can_publish("chat:1")
+    assert not grant.admin
+    assert grant.expires_at is not None
+    assert time.time() + 50 < grant.expires_at < time.time() + 70
+    rs = Authenticator(Settings(_env_file=None, jwt_public_key_file=write_public_key(tmp_path / "k.pem", rsa_private)))
+    assert (await rs.check(issue_token(rsa_private, sub="u8", algorithm="RS256", admin=True))).admin
