@@ -153,6 +153,10 @@ def test_redact_hides_query_tokens() -> None:
         ({"api_keys": [{"scopes": ["admin"]}]}, "exactly one of"),
         ({"api_keys": [{"key": "k" * 20, "sha256": "0" * 64, "scopes": ["admin"]}]}, "exactly one of"),
         ({"api_keys": [{"sha256": "xyz", "scopes": ["admin"]}]}, "64 hex digits"),
+        (
+            {"api_keys": [{"key": "k" * 20, "scopes": ["admin"]}, {"sha256": sha256_hex("k" * 20), "scopes": ["admin"]}]},
+            "configured twice",
+        ),
         ({"api_keys": [{"key": "k" * 20, "scopes": ["read"]}]}, "scopes"),
         ({"api_keys": [{"key": "k" * 20, "scopes": ["subscribe"], "channels": ["a*b"]}]}, "invalid channel pattern"),
         ({"public_channels": "news,bad pattern"}, "invalid channel pattern"),
