@@ -154,7 +154,12 @@ def test_redact_hides_query_tokens() -> None:
         ({"api_keys": [{"key": "k" * 20, "sha256": "0" * 64, "scopes": ["admin"]}]}, "exactly one of"),
         ({"api_keys": [{"sha256": "xyz", "scopes": ["admin"]}]}, "64 hex digits"),
         (
-            {"api_keys": [{"key": "k" * 20, "scopes": ["admin"]}, {"sha256": sha256_hex("k" * 20), "scopes": ["admin"]}]},
+            {
+                "api_keys": [
+                    {"key": "k" * 20, "scopes": ["admin"]},
+                    {"sha256": sha256_hex("k" * 20), "scopes": ["admin"]},
+                ]
+            },
             "configured twice",
         ),
         ({"api_keys": [{"key": "k" * 20, "scopes": ["read"]}]}, "scopes"),
