@@ -518,3 +518,21 @@ async def test_issue_token_round_trip(tmp_path: Path, rsa_private: Any) -> None:
     assert time.time() + 50 < grant.expires_at < time.time() + 70
     rs = Authenticator(Settings(_env_file=None, jwt_public_key_file=write_public_key(tmp_path / "k.pem", rsa_private)))
     assert (await rs.check(issue_token(rsa_private, sub="u8", algorithm="RS256", admin=True))).admin
+
+
+async def test_verified_tokens_are_remembered_until_they_expire() -> None:
+    """A token that verified is accepted again without a new check until its exp; then it is refused as expired."""
+    from ssehub.auth import Authenticator
+
+    auth = Authenticator(Settings(_env_file=None, jwt_secret=SECRET, jwt_leeway=0))
+    jwt_text = token(sub="u9", exp_in=2)
+    first = await auth.check(jwt_text)
+    assert await auth.check(jwt_text) is first  # remembered: the same grant object
+    with pytest.raises(AuthenticationError) as tampered:
+        await auth.check(_payload_swap(jwt_text, sub="u10"))
+    assert tampered.value.code == "INVALID_TOKEN"
+    assert first.expires_at is not None
+    await asyncio.sleep(max(0.0, first.expires_at - time.time()) + 0.2)
+    with pytest.raises(AuthenticationError) as expired:
+        await auth.check(jwt_text)
+    assert expired.value.code == "TOKEN_EXPIRED"
