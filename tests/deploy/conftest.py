@@ -1,0 +1,155 @@
+"""Fixtures for the tests through real proxies: a hub upstream, a test CA, nginx and Caddy from deploy/.
+
+One hub (heartbeat every 0.5 s) serves every proxy; proxies start once per session and configuration, each on
+its own free loopback ports, and stop by PID at the end. Every proxy here runs its shipped file with one edit:
+the upstream read timeout is 2 s instead of 90 s, so that the heartbeat test shows a quiet stream outliving it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ssehub import Hub, create_app
+from ssehub.testing import running_server
+from tests.conftest import make_settings
+from tests.deploy.proxies import KINDS, LAYOUTS, Proxy, TLSFiles, make_test_ca, start_caddy, start_nginx
+from tests.deploy.upstream import PAGE, with_echo
+
+PREFIX = "/api/v1/events"
+#: Heartbeat of the hub behind the proxies, seconds.
+HEARTBEAT = 0.5
+#: The proxies' upstream read timeout in these tests, seconds (shipped: 90 s).
+READ_TIMEOUT = 2
+SHORT_READ_TIMEOUT = {
+    "nginx": ("proxy_read_timeout 90s;", f"proxy_read_timeout {READ_TIMEOUT}s;"),
+    "caddy": ("read_timeout 90s", f"read_timeout {READ_TIMEOUT}s"),
+}
+
+
+@dataclass
+class Upstream:
+    """A hub served by uvicorn on a free port: its base URL, ``host:port`` for the proxy files, the hub."""
+
+    url: str
+    address: str
+    hub: Hub
+
+    @property
+    def api(self) -> str:
+        """The API's base URL (direct, not through a proxy)."""
+        return self.url + PREFIX
+
+
+ProxyFactory = Callable[..., Proxy]
+
+
+@contextlib.contextmanager
+def _upstream(heartbeat: float) -> Iterator[Upstream]:
+    hub = Hub(make_settings(heartbeat_interval=heartbeat, retry_ms=500))
+    # proxy_headers=False: the echo then shows the proxy's own end of the upstream connection and the
+    # X-Forwarded-* headers exactly as the proxy sent them.
+    with running_server(with_echo(create_app(hub=hub), PREFIX, PAGE), proxy_headers=False) as url:
+        yield Upstream(url, url.removeprefix("http://"), hub)
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[Upstream]:
+    """The hub every proxy forwards to, heartbeats every 0.5 s."""
+    with _upstream(HEARTBEAT) as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
+def quiet_upstream() -> Iterator[Upstream]:
+    """A hub whose heartbeats (every 30 s) are slower than the proxies' read timeout: the negative control."""
+    with _upstream(30.0) as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    """A test CA and a certificate for localhost, for nginx (Caddy uses its internal CA)."""
+    return make_test_ca(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def site_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same-origin layout's page: eight EventSources on the API of the same origin."""
+    root = tmp_path_factory.mktemp("site")
+    (root / "index.html").write_text(PAGE)
+    return root
+
+
+@pytest.fixture(scope="session")
+def proxies(
+    tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, tls_files: TLSFiles, site_root: Path
+) -> Iterator[ProxyFactory]:
+    """Start (once per configuration) a proxy of a kind and layout in front of a hub; all stop at the end.
+
+    ``edits`` are exact line replacements on top of the short read timeout; ``to`` picks another upstream.
+    """
+    running: dict[tuple[object, ...], Proxy] = {}
+
+    def get(kind: str, layout: str, *, edits: Sequence[tuple[str, str]] = (), to: Upstream | None = None) -> Proxy:
+        target = to or upstream
+        all_edits = (SHORT_READ_TIMEOUT[kind], *edits)
+        key = (kind, layout, all_edits, target.address)
+        if key not in running:
+            directory = tmp_path_factory.mktemp(f"{kind}-{layout}")
+            if kind == "nginx":
+                running[key] = start_nginx(directory, layout, target.address, tls_files, site_root, all_edits)
+            else:
+                running[key] = start_caddy(directory, layout, target.address, site_root, all_edits)
+        return running[key]
+
+    try:
+        yield get
+    finally:
+        for proxy in running.values():
+            proxy.stop()
+
+
+@pytest.fixture(params=[(kind, layout) for kind in KINDS for layout in LAYOUTS], ids=lambda p: f"{p[0]}-{p[1]}")
+def proxy(request: pytest.FixtureRequest, proxies: ProxyFactory) -> Proxy:
+    """Each proxy in each layout, from its shipped file."""
+    kind, layout = request.param
+    return proxies(kind, layout)
+
+
+@pytest.fixture(params=KINDS)
+def api_host_proxy(request: pytest.FixtureRequest, proxies: ProxyFactory) -> Proxy:
+    """Each proxy in the separate API host layout (the one browsers call cross-origin)."""
+    return proxies(request.param, "api-host")
+
+
+@pytest.fixture(params=KINDS)
+def same_origin_proxy(request: pytest.FixtureRequest, proxies: ProxyFactory) -> Proxy:
+    """Each proxy in the one-origin layout (page and API behind it)."""
+    return proxies(request.param, "same-origin")
+
+
+def tls_context(proxy: Proxy) -> ssl.SSLContext:
+    """A client TLS context trusting only the CA behind ``proxy``'s certificate."""
+    return ssl.create_default_context(cafile=str(proxy.ca))
+
+
+@contextlib.asynccontextmanager
+async def proxy_client(proxy: Proxy, *, http2: bool = False) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTPS client for ``proxy`` (HTTP/1.1 unless ``http2``), without connection limits."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=20)
+    async with httpx.AsyncClient(verify=tls_context(proxy), http2=http2, timeout=5.0, limits=limits) as client:
+        yield client
+
+
+@pytest.fixture
+async def direct() -> AsyncIterator[httpx.AsyncClient]:
+    """A plain client for the upstream itself (publishing, the negative controls)."""
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        yield client
