@@ -7,8 +7,10 @@ the upstream read timeout is 2 s instead of 90 s, so that the heartbeat test sho
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ import httpx
 import pytest
 
 from ssehub import Hub, create_app
-from ssehub.testing import running_server
+from ssehub.testing import SSEMessage, open_stream, running_server
 from tests.conftest import make_settings
 from tests.deploy.proxies import KINDS, LAYOUTS, Proxy, TLSFiles, make_test_ca, start_caddy, start_nginx
 from tests.deploy.upstream import PAGE, with_echo
@@ -153,3 +155,42 @@ async def direct() -> AsyncIterator[httpx.AsyncClient]:
     """A plain client for the upstream itself (publishing, the negative controls)."""
     async with httpx.AsyncClient(timeout=5.0) as client:
         yield client
+
+
+async def publish(client: httpx.AsyncClient, api: str, channel: str, data: object, event: str = "note") -> str:
+    """Publish through ``api`` (a proxy's or the hub's own); return the event id."""
+    response = await client.post(f"{api}/publish", json={"channel": channel, "event": event, "data": data})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+@contextlib.asynccontextmanager
+async def held_stream(
+    proxy: Proxy, upstream: Upstream, direct: httpx.AsyncClient, channel: str, watch: float
+) -> AsyncIterator[asyncio.Task[SSEMessage]]:
+    """Open a stream through ``proxy`` and publish to it for ``watch`` seconds; assert nothing arrived.
+
+    Yields the task still waiting for the stream's first event (the caller may push it out); cancels it after.
+    """
+    async with proxy_client(proxy) as client:
+
+        async def first_event() -> SSEMessage:
+            url = f"{proxy.https_url}{PREFIX}/stream?channels={channel}"
+            async with open_stream(client, url, timeout=30) as stream:
+                return await stream.next(timeout=30)
+
+        reader = asyncio.create_task(first_event())
+        try:
+            started = time.monotonic()
+            n = 0
+            while time.monotonic() - started < watch:
+                # The shipped files deliver each of these within a second.
+                await publish(direct, upstream.api, channel, {"n": n})
+                n += 1
+                await asyncio.sleep(0.3)
+            assert not reader.done(), "the buffering proxy delivered the stream: the control shows nothing"
+            assert proxy.process.poll() is None, proxy.output()
+            yield reader
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)

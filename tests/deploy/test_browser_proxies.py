@@ -8,7 +8,6 @@ would wait; over HTTP/2 all eight share one connection. The control loads the sa
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,9 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.deploy.conftest import Upstream
+from tests.deploy.conftest import Upstream, publish
 from tests.deploy.proxies import Proxy
-from tests.deploy.test_proxies import publish
 
 pytestmark = [pytest.mark.anyio, pytest.mark.proxy, pytest.mark.browser]
 
@@ -39,7 +37,7 @@ STREAMS = 8
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     """Debian's Chromium, headless; a missing binary fails with the fix (make test installs it)."""
-    if not os.path.exists(CHROMIUM):
+    if shutil.which(CHROMIUM) is None:
         pytest.fail("chromium is missing: `make test` installs it (scripts/install-system-deps.sh)")
     from playwright.async_api import async_playwright
 

@@ -1,4 +1,9 @@
-"""Caddy-specific checks: the page is compressed and the stream is not; the read timeout is real."""
+"""Caddy-specific checks: the page is compressed and the stream is not; buffering and the read timeout are real.
+
+Caddy 2.6 flushes text/event-stream at once whatever `flush_interval` says and its `encode` leaves that type
+alone, so the one way to make it buffer a stream is `buffer_responses` (read the whole body first): the
+negative control uses that.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,21 @@ import httpx
 import pytest
 
 from ssehub.testing import open_stream
-from tests.deploy.conftest import PREFIX, READ_TIMEOUT, ProxyFactory, Upstream, proxy_client
+from tests.deploy.conftest import PREFIX, READ_TIMEOUT, ProxyFactory, Upstream, held_stream, proxy_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.proxy]
+
+#: How long the negative control watches a buffering proxy (the shipped file delivers within a second).
+WATCH = 2.5
+
+
+async def test_buffering_caddy_holds_the_stream(
+    proxies: ProxyFactory, upstream: Upstream, direct: httpx.AsyncClient
+) -> None:
+    """Negative control: the same Caddyfile with buffer_responses instead of flush_interval -1 delivers nothing."""
+    proxy = proxies("caddy", "same-origin", edits=[("flush_interval -1 ", "buffer_responses ")])
+    async with held_stream(proxy, upstream, direct, "proxy.caddy.buffered:events", WATCH) as reader:
+        assert not reader.done()
 
 
 async def test_caddy_compresses_the_page_but_not_the_stream(proxies: ProxyFactory) -> None:

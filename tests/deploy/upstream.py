@@ -28,7 +28,9 @@ window.sources = [];
 for (let i = 0; i < count; i++) {
   const source = new EventSource(`${api}/stream?channels=${channel}`, {withCredentials: params.has("credentials")});
   source.addEventListener("connected", (e) => log.push({stream: i, type: "connected"}));
-  source.addEventListener("note", (e) => log.push({stream: i, type: "note", id: e.lastEventId, data: JSON.parse(e.data)}));
+  source.addEventListener("note", (e) => {
+    log.push({stream: i, type: "note", id: e.lastEventId, data: JSON.parse(e.data)});
+  });
   source.onerror = () => { window.errors += 1; };
   sources.push(source);
 }
@@ -41,8 +43,8 @@ def with_echo(app: ASGIApp, prefix: str, page: str) -> ASGIApp:
 
     async def wrapper(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/":
-            headers = [(b"content-type", b"text/html; charset=utf-8")]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            page_headers = [(b"content-type", b"text/html; charset=utf-8")]
+            await send({"type": "http.response.start", "status": 200, "headers": page_headers})
             await send({"type": "http.response.body", "body": page.encode()})
             return
         if scope["type"] != "http" or scope["path"] != echo_path:
