@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -42,6 +43,11 @@ class Upstream:
     url: str
     address: str
     hub: Hub
+    first_chunks: dict[str, threading.Event] = field(default_factory=dict)
+
+    def body_signal(self, name: str) -> threading.Event:
+        """An event set when the first part of a body sent to the echo with ``x-echo-signal: name`` arrives."""
+        return self.first_chunks.setdefault(name, threading.Event())
 
     @property
     def api(self) -> str:
@@ -55,10 +61,16 @@ ProxyFactory = Callable[..., Proxy]
 @contextlib.contextmanager
 def _upstream(heartbeat: float) -> Iterator[Upstream]:
     hub = Hub(make_settings(heartbeat_interval=heartbeat, retry_ms=500))
+    signals: dict[str, threading.Event] = {}
+
+    def on_first_chunk(name: str) -> None:
+        signals.setdefault(name, threading.Event()).set()
+
+    app = with_echo(create_app(hub=hub), PREFIX, PAGE, on_first_chunk)
     # proxy_headers=False: the echo then shows the proxy's own end of the upstream connection and the
     # X-Forwarded-* headers exactly as the proxy sent them.
-    with running_server(with_echo(create_app(hub=hub), PREFIX, PAGE), proxy_headers=False) as url:
-        yield Upstream(url, url.removeprefix("http://"), hub)
+    with running_server(app, proxy_headers=False) as url:
+        yield Upstream(url, url.removeprefix("http://"), hub, signals)
 
 
 @pytest.fixture(scope="session")

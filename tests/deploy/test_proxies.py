@@ -13,6 +13,7 @@ import contextlib
 import json
 import statistics
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -148,6 +149,27 @@ async def test_publish_and_errors_pass_through(proxy: Proxy) -> None:
         response = await client.post(f"{api}/publish", json=too_big)
         assert response.status_code == 413
         assert response.json()["code"] == "PAYLOAD_TOO_LARGE"
+
+
+async def test_request_bodies_stream_to_the_upstream(proxy: Proxy, upstream: Upstream) -> None:
+    """The proxy forwards a request body as it arrives (no request buffering): the upstream has the first part early."""
+    name = f"{proxy.kind}-{proxy.layout}"
+    seen = upstream.body_signal(name)
+    arrived: list[bool] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"first": "' + b"x" * 2000 + b'", '
+        # A buffering proxy sends nothing upstream before the whole body is in: then this wait runs out.
+        arrived.append(await asyncio.to_thread(seen.wait, 5.0))
+        yield b'"second": true}'
+
+    async with proxy_client(proxy) as client:
+        response = await client.post(
+            f"{proxy.https_url}{PREFIX}/_echo", content=body(), headers={"x-echo-signal": name}
+        )
+    assert response.status_code == 200
+    assert response.json()["body_bytes"] == 2000 + len(b'{"first": "", "second": true}')
+    assert arrived == [True], "the upstream saw no part of the body before it was complete"
 
 
 async def test_plain_http_redirects_to_https(proxy: Proxy) -> None:

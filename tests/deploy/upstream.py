@@ -11,6 +11,7 @@ unchanged (the fast stream path included), so streams behave exactly as under ``
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from ssehub._types import ASGIApp, Receive, Scope, Send
 
@@ -37,8 +38,12 @@ for (let i = 0; i < count; i++) {
 </script>"""
 
 
-def with_echo(app: ASGIApp, prefix: str, page: str) -> ASGIApp:
-    """``app`` with an echo endpoint at ``{prefix}/_echo`` and ``page`` at ``/`` in front of it."""
+def with_echo(app: ASGIApp, prefix: str, page: str, on_first_chunk: Callable[[str], None]) -> ASGIApp:
+    """``app`` with an echo endpoint at ``{prefix}/_echo`` and ``page`` at ``/`` in front of it.
+
+    ``on_first_chunk(signal)`` is called (in the server's thread) when the first part of a request body with an
+    ``x-echo-signal: <signal>`` header arrives, before the rest: a test sees whether the proxy streams bodies.
+    """
     echo_path = prefix + "/_echo"
 
     async def wrapper(scope: Scope, receive: Receive, send: Send) -> None:
@@ -50,10 +55,14 @@ def with_echo(app: ASGIApp, prefix: str, page: str) -> ASGIApp:
         if scope["type"] != "http" or scope["path"] != echo_path:
             await app(scope, receive, send)
             return
+        signal = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"x-echo-signal"), None)
         body = b""
         while True:
             message = await receive()
             body += message.get("body", b"")
+            if signal is not None and body:
+                on_first_chunk(signal)
+                signal = None
             if not message.get("more_body", False):
                 break
         headers: dict[str, list[str]] = {}
