@@ -11,11 +11,11 @@ $(BIN)/python:
 
 # Reinstall when the project's metadata changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[redis]'
+	$(BIN)/python -m pip install -q -e '.[redis,auth]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[redis,test]'
+	$(BIN)/python -m pip install -q -e '.[redis,auth,test]'
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed

@@ -105,7 +105,7 @@ class Bench:
                 assert redis is not None
                 server = Naive(redis)
             else:
-                server = Ssehub(redis)
+                server = Ssehub(redis, auth=system == "ssehub-auth")
             server.start()
         except BaseException:
             if redis:
@@ -252,9 +252,10 @@ class Bench:
         self.results.update(metadata(self.scale, self.quick))
         for system in ("ssehub", "nchan", "naive"):
             self.record("idle", system, lambda s=system: self.idle(s))
-        for system in ("ssehub", "nchan", "naive", "ssehub-redis"):
+        # "ssehub-auth": the same server with an API key on every stream and publish (issue 7: unchanged figures)
+        for system in ("ssehub", "nchan", "naive", "ssehub-redis", "ssehub-auth"):
             self.record("fanout", system, lambda s=system: self.fanout(s))
-        for system in ("ssehub", "nchan", "ssehub-redis", "naive"):
+        for system in ("ssehub", "nchan", "ssehub-redis", "naive", "ssehub-auth"):
             self.record("light", system, lambda s=system: self.light(s))
         for system in ("ssehub", "nchan", "naive"):
             self.record("many_channels", system, lambda s=system: self.many(s))
