@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -59,8 +60,8 @@ ProxyFactory = Callable[..., Proxy]
 
 
 @contextlib.contextmanager
-def _upstream(heartbeat: float) -> Iterator[Upstream]:
-    hub = Hub(make_settings(heartbeat_interval=heartbeat, retry_ms=500))
+def _upstream(heartbeat: float, **settings: Any) -> Iterator[Upstream]:
+    hub = Hub(make_settings(heartbeat_interval=heartbeat, retry_ms=500, **settings))
     signals: dict[str, threading.Event] = {}
 
     def on_first_chunk(name: str) -> None:
@@ -84,6 +85,18 @@ def upstream() -> Iterator[Upstream]:
 def quiet_upstream() -> Iterator[Upstream]:
     """A hub whose heartbeats (every 30 s) are slower than the proxies' read timeout: the negative control."""
     with _upstream(30.0) as served:
+        yield served
+
+
+#: The one API key of :func:`secured_upstream` (subscribe and publish on every channel).
+API_KEY = "proxy-tests-key-8c1d0f2b9e"
+
+
+@pytest.fixture(scope="session")
+def secured_upstream() -> Iterator[Upstream]:
+    """A hub that requires credentials: one API key, no public channel."""
+    key = {"key": API_KEY, "scopes": ["subscribe", "publish"], "channels": ["*"], "name": "proxy-tests"}
+    with _upstream(HEARTBEAT, api_keys=[key]) as served:
         yield served
 
 

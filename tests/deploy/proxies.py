@@ -46,6 +46,7 @@ NGINX_PLACEHOLDERS = (
     "HTTPS_LISTEN",
     "TLS_CERTIFICATE",
     "TLS_CERTIFICATE_KEY",
+    "ACCESS_LOG",
     "SITE_ROOT",
 )
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -167,7 +168,10 @@ def make_test_ca(directory: Path, names: Sequence[str] = ("localhost",)) -> TLSF
 
 @dataclass
 class Proxy:
-    """A running proxy: its HTTPS and HTTP base URLs, the CA that verifies it, its process and log."""
+    """A running proxy: its HTTPS and HTTP base URLs, the CA that verifies it, its process and logs.
+
+    ``log`` is the proxy's own output (errors); ``access_log`` where it logs requests (Caddy: the same file).
+    """
 
     kind: str
     layout: str
@@ -176,6 +180,7 @@ class Proxy:
     ca: Path
     process: subprocess.Popen[bytes]
     log: Path
+    access_log: Path
     directory: Path
 
     def output(self) -> str:
@@ -227,8 +232,7 @@ events {{ worker_connections 1024; }}
 http {{
     types {{ text/html html; application/javascript js; }}
     default_type application/octet-stream;
-    log_format conn '$connection $connection_requests $server_protocol "$request" $status';
-    access_log {directory}/access.log conn;
+    access_log off;  # the site file names its own
     client_body_temp_path {directory}/client_body;
     proxy_temp_path {directory}/proxy;
     fastcgi_temp_path {directory}/fastcgi;
@@ -261,6 +265,7 @@ def start_nginx(
         "HTTPS_LISTEN": f"127.0.0.1:{https_port}",
         "TLS_CERTIFICATE": str(tls.certificate),
         "TLS_CERTIFICATE_KEY": str(tls.key),
+        "ACCESS_LOG": str(directory / "access.log"),
         "SITE_ROOT": str(site_root),
     }
     template = (DEPLOY / "nginx" / f"{layout}.conf.template").read_text()
@@ -284,6 +289,7 @@ def start_nginx(
         tls.ca,
         process,
         log,
+        directory / "access.log",
         directory,
     )
     try:
@@ -335,7 +341,15 @@ def start_caddy(
         )
     ca = home / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
     proxy = Proxy(
-        "caddy", layout, f"https://localhost:{https_port}", f"http://localhost:{http_port}", ca, process, log, directory
+        "caddy",
+        layout,
+        f"https://localhost:{https_port}",
+        f"http://localhost:{http_port}",
+        ca,
+        process,
+        log,
+        log,
+        directory,
     )
     try:
         _wait_listening(process, [https_port, http_port], log)
