@@ -1,8 +1,9 @@
 """Fixtures for the tests through real proxies: a hub upstream, a test CA, nginx and Caddy from deploy/.
 
-One hub (heartbeat every 0.5 s) serves every proxy; proxies start once per session and configuration, each on
-its own free loopback ports, and stop by PID at the end. Every proxy here runs its shipped file with one edit:
-the upstream read timeout is 2 s instead of 90 s, so that the heartbeat test shows a quiet stream outliving it.
+One hub (heartbeat every 0.5 s) serves every proxy; each proxy configuration starts once, on its own free
+loopback ports, and everything stops (proxies by PID) after the last test of this package. Every proxy here runs
+its shipped file with one edit: the upstream read timeout is 2 s instead of 90 s, so that the heartbeat test
+shows a quiet stream outliving it.
 """
 
 from __future__ import annotations
@@ -74,14 +75,14 @@ def _upstream(heartbeat: float, **settings: Any) -> Iterator[Upstream]:
         yield Upstream(url, url.removeprefix("http://"), hub, signals)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def upstream() -> Iterator[Upstream]:
     """The hub every proxy forwards to, heartbeats every 0.5 s."""
     with _upstream(HEARTBEAT) as served:
         yield served
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def quiet_upstream() -> Iterator[Upstream]:
     """A hub whose heartbeats (every 30 s) are slower than the proxies' read timeout: the negative control."""
     with _upstream(30.0) as served:
@@ -92,7 +93,7 @@ def quiet_upstream() -> Iterator[Upstream]:
 API_KEY = "proxy-tests-key-8c1d0f2b9e"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def secured_upstream() -> Iterator[Upstream]:
     """A hub that requires credentials: one API key, no public channel."""
     key = {"key": API_KEY, "scopes": ["subscribe", "publish"], "channels": ["*"], "name": "proxy-tests"}
@@ -100,13 +101,13 @@ def secured_upstream() -> Iterator[Upstream]:
         yield served
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
     """A test CA and a certificate for localhost, for nginx (Caddy uses its internal CA)."""
     return make_test_ca(tmp_path_factory.mktemp("tls"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def site_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same-origin layout's page: eight EventSources on the API of the same origin."""
     root = tmp_path_factory.mktemp("site")
@@ -114,7 +115,7 @@ def site_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def proxies(
     tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, tls_files: TLSFiles, site_root: Path
 ) -> Iterator[ProxyFactory]:

@@ -26,6 +26,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -216,6 +217,25 @@ def _wait_listening(process: subprocess.Popen[bytes], ports: Sequence[int], log:
         time.sleep(0.05)
 
 
+def _wait_tls(port: int, ca: Path, log: Path, timeout: float = 20.0) -> None:
+    """Wait until a TLS handshake for localhost verifies against ``ca`` (Caddy issues its certificate after start)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=2) as raw,
+                context.wrap_socket(raw, server_hostname="localhost"),
+            ):
+                return
+        except (OSError, ssl.SSLError) as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"no verified TLS handshake on {port} within {timeout} s ({exc}):\n{log.read_text()}"
+                ) from exc
+            time.sleep(0.1)
+
+
 def _nginx_main_conf(directory: Path, site: Path) -> str:
     """The main nginx.conf around a shipped site file: everything in ``directory``, in the foreground.
 
@@ -359,6 +379,7 @@ def start_caddy(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Caddy wrote no root certificate at {ca}:\n{proxy.output()}")
             time.sleep(0.05)
+        _wait_tls(https_port, ca, log)
     except BaseException:
         proxy.stop()
         raise
