@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from ssehub._types import Receive, Scope, Send
+from ssehub.client_assets import client_routes
 from ssehub.exceptions import (
     BrokerUnavailableError,
     ChannelLimitError,
@@ -224,6 +225,7 @@ class API:
             Route("/queue", self._queue, methods=["GET"]),
             Route("/health", _health, methods=["GET"]),
             Route("/publish", _publish, methods=["POST"]),
+            *client_routes(),  # {prefix}/client.js and friends: the browser client (docs/client.md)
         ]
         self._other = Starlette(routes=routes, exception_handlers=_EXCEPTION_HANDLERS)
         self._other.state.hub = hub
