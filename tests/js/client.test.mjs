@@ -320,7 +320,7 @@ describe("refused connects (the status is probed with fetch)", () => {
     await flush();
     assert.equal(states.at(-1).delay, 0);
     assert.ok(signal.aborted, "the probe's stream was not aborted");
-    assert.equal(new URL(fetch.calls[0].url).searchParams.get("lastEventId"), "7-0");
+    assert.equal(fetch.calls[0].url, ES.instances[0].url); // the refused URL itself
     clock.advance(0);
     assert.equal(ES.instances.length, 2);
   });
@@ -491,8 +491,8 @@ describe("tokens and credentials", () => {
   });
 
   test("an async token function is awaited; a rejection counts as a failed attempt", async () => {
-    const answers = [Promise.resolve("a1"), Promise.reject(new Error("auth server down")), Promise.resolve("a3")];
-    const { client, clock, ES, states } = await setup({ token: () => answers.shift() });
+    const answers = [async () => "a1", async () => Promise.reject(new Error("auth server down")), async () => "a3"];
+    const { client, clock, ES, states } = await setup({ token: () => answers.shift()() });
     assert.equal(ES.instances[0].token, "a1");
     ES.instances[0].connected("1-0");
     ES.instances[0].drop();
@@ -595,6 +595,7 @@ describe("close and connect", () => {
     client.connect();
     assert.equal(ES.instances.length, 2);
     assert.equal(ES.instances[1].resumeId, "1-0");
+    ES.instances[1].connected("1-0");
     clock.advance(60 * 1000);
     assert.equal(ES.instances.length, 2);
   });
