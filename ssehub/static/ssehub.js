@@ -125,7 +125,7 @@ function report(error) {
 const DEFAULT_TIMERS = {
   // Wrapped so they are never called with a foreign `this` ("Illegal invocation" in browsers).
   setTimeout: (fn, ms) => globalThis.setTimeout(fn, ms),
-  clearTimeout: (handle) => globalThis.clearTimeout(handle),
+  clearTimeout: (handle) => globalThis.clearTimeout(/** @type {any} */ (handle)),
   now: () => Date.now(),
 };
 
@@ -150,7 +150,7 @@ export class SSEHubClient {
   /** @type {number} */ #probeTimeout;
   /** @type {{getItem(key: string): string | null, setItem(key: string, value: string): void} | undefined} */ #storage;
   /** @type {string} */ #storageKey;
-  /** @type {((info: unknown) => void) | undefined} */ #onReset;
+  /** @type {((info: any) => void) | undefined} */ #onReset;
   /** @type {any} */ #EventSource;
   /** @type {typeof fetch | undefined} */ #fetch;
   /** @type {Timers} */ #timers;
@@ -179,8 +179,8 @@ export class SSEHubClient {
   /** `autoConnect` will open the first connection after the constructor's task. */ #autoConnectPending = false;
 
   /**
-   * @param {string} url the stream URL, e.g. "/api/v1/events/stream?channels=a,b".
-   * @param {object} [options] `SSEHubClientOptions` in ssehub.d.ts and docs/client.md.
+   * @param {string | URL} url the stream URL, e.g. "/api/v1/events/stream?channels=a,b".
+   * @param {import("./ssehub.js").SSEHubClientOptions} [options] see ssehub.d.ts and docs/client.md.
    */
   constructor(url, options = {}) {
     if (typeof url !== "string" && !(url instanceof URL)) throw new TypeError("SSEHubClient: url must be a string");
@@ -210,7 +210,9 @@ export class SSEHubClient {
       throw new RangeError("SSEHubClient: maxRetryDelay must not be smaller than initialRetryDelay");
     }
     if (typeof EventSource !== "function") {
-      throw new TypeError("SSEHubClient: no EventSource here: pass options.EventSource (an EventSource implementation)");
+      throw new TypeError(
+        "SSEHubClient: no EventSource here: pass options.EventSource (an EventSource implementation)",
+      );
     }
     if (token !== undefined && typeof token !== "string" && typeof token !== "function") {
       throw new TypeError("SSEHubClient: token must be a string or a function returning one");
@@ -285,7 +287,8 @@ export class SSEHubClient {
    * @returns {() => void} a function that removes the listener.
    */
   on(type, fn) {
-    if (typeof type !== "string" || type === "") throw new TypeError("SSEHubClient.on: type must be a non-empty string");
+    if (typeof type !== "string" || type === "")
+      throw new TypeError("SSEHubClient.on: type must be a non-empty string");
     if (typeof fn !== "function") throw new TypeError("SSEHubClient.on: the listener must be a function");
     let set = this.#listeners.get(type);
     if (set === undefined) {

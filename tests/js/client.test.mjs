@@ -199,7 +199,10 @@ describe("state", () => {
 
 describe("backoff", () => {
   test("backoffDelay is full jitter below a ceiling that doubles per attempt up to the cap", () => {
-    assert.equal(backoffDelay(1, 1000, 30000, () => 0), 0);
+    assert.equal(
+      backoffDelay(1, 1000, 30000, () => 0),
+      0,
+    );
     const ceilings = [1, 2, 3, 4, 5, 6, 7, 10].map((attempt) => backoffDelay(attempt, 1000, 30000, () => 1));
     assert.deepEqual(ceilings, [1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
     for (let attempt = 1; attempt < 40; attempt += 1) {
@@ -623,6 +626,9 @@ describe("close and connect", () => {
   test("SSEHubError carries status, code and retryAfter", () => {
     const error = new SSEHubError("m", { status: 503, code: "MAX_CONNECTIONS", retryAfter: 5000 });
     assert.ok(error instanceof Error);
-    assert.deepEqual([error.name, error.status, error.code, error.retryAfter], ["SSEHubError", 503, "MAX_CONNECTIONS", 5000]);
+    assert.deepEqual(
+      [error.name, error.status, error.code, error.retryAfter],
+      ["SSEHubError", 503, "MAX_CONNECTIONS", 5000],
+    );
   });
 });
