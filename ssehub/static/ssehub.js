@@ -36,9 +36,9 @@ const WATCHDOG_SLACK_MS = 1000;
 /**
  * An error the client reports in its state info (`info.error`) or when it gives up.
  *
- * `code` is one of the client's own codes (`DISCONNECTED`, `HEARTBEAT_TIMEOUT`, `CONNECT_TIMEOUT`, `UNREACHABLE`,
- * `NOT_AN_EVENT_STREAM`, `TOKEN_ERROR`, `NO_CONTENT`, `HTTP_<status>`) or the hub's `code` from its JSON error body
- * (`MAX_CONNECTIONS`, `UNKNOWN_CHANNEL`, ...).
+ * `code` is one of the client's own codes (`DISCONNECTED`, `HEARTBEAT_TIMEOUT`, `CONNECT_TIMEOUT`, `REFUSED`,
+ * `UNREACHABLE`, `NOT_AN_EVENT_STREAM`, `TOKEN_ERROR`, `NO_CONTENT`, `EVENTSOURCE_ERROR`, `HTTP_<status>`) or the
+ * hub's `code` from its JSON error body (`MAX_CONNECTIONS`, `UNKNOWN_CHANNEL`, ...).
  */
 export class SSEHubError extends Error {
   /**
@@ -221,6 +221,11 @@ export class SSEHubClient {
       throw new TypeError("SSEHubClient: onReset must be a function");
     }
     this.#url = String(url);
+    try {
+      new URL(this.#url, globalThis.location?.href ?? "http://ssehub.invalid/");
+    } catch (cause) {
+      throw new TypeError(`SSEHubClient: invalid url ${JSON.stringify(this.#url)}`, { cause });
+    }
     this.#token = token;
     this.#withCredentials = Boolean(withCredentials);
     this.#initialRetryDelay = initialRetryDelay;
@@ -394,7 +399,14 @@ export class SSEHubClient {
    */
   #start(token) {
     const url = this.#streamUrl(token);
-    const source = new this.#EventSource(url, { withCredentials: this.#withCredentials });
+    let source;
+    try {
+      source = new this.#EventSource(url, { withCredentials: this.#withCredentials });
+    } catch (cause) {
+      // A URL the page may not open (a SecurityError under a Content-Security-Policy): retrying cannot help.
+      this.#giveUp(new SSEHubError(`cannot open an EventSource on ${url}`, { code: "EVENTSOURCE_ERROR", cause }));
+      return;
+    }
     this.#source = source;
     this.#sourceTypes = new Set();
     this.#heartbeatMs = undefined;

@@ -328,6 +328,30 @@ describe("refused connects (the status is probed with fetch)", () => {
     assert.equal(ES.instances.length, 2);
   });
 
+  test("a second refusal in a row that the probe answers 200 waits its backoff (no spinning)", async () => {
+    const fetch = scriptedFetch(() => streamResponse());
+    const { clock, ES, states } = await setup({ fetch });
+    ES.instances[0].refuse();
+    await flush();
+    assert.equal(states.at(-1).delay, 0);
+    clock.advance(0);
+    ES.instances[1].refuse();
+    await flush();
+    assert.equal(states.at(-1).attempt, 2);
+    assert.equal(states.at(-1).delay, 1000);
+  });
+
+  test("a 204 means stop: state closed, no retry", async () => {
+    const fetch = scriptedFetch(new Response(null, { status: 204 }));
+    const { client, clock, ES } = await setup({ fetch });
+    ES.instances[0].refuse();
+    await flush();
+    assert.equal(client.state, "closed");
+    assert.equal(client.error.code, "NO_CONTENT");
+    clock.advance(60 * 60 * 1000);
+    assert.equal(ES.instances.length, 1);
+  });
+
   test("a probe that cannot reach the hub waits the backoff", async () => {
     const fetch = scriptedFetch(new TypeError("Failed to fetch"));
     const { client, ES, states } = await setup({ fetch });
@@ -621,6 +645,22 @@ describe("close and connect", () => {
     );
     assert.throws(() => new SSEHubClient(URL_A, { EventSource: undefined }), /EventSource/);
     assert.throws(() => new SSEHubClient(URL_A, { EventSource: ES, token: 42 }), /token/);
+  });
+
+  test("an invalid URL is refused at construction", () => {
+    assert.throws(() => new SSEHubClient("http://[bad", { EventSource: fakeEventSourceClass() }), /invalid url/);
+  });
+
+  test("an EventSource the browser will not create ends the client instead of throwing into the app", async () => {
+    class Forbidden {
+      constructor() {
+        throw new Error("SecurityError: refused by Content-Security-Policy");
+      }
+    }
+    const { client, clock, states } = await setup({ EventSource: Forbidden });
+    assert.equal(client.state, "closed");
+    assert.equal(states.at(-1).error.code, "EVENTSOURCE_ERROR");
+    assert.equal(clock.timers.size, 0);
   });
 
   test("SSEHubError carries status, code and retryAfter", () => {
