@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -16,25 +17,26 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, StreamingResponse
 from starlette.routing import Mount, Route
 
-from ssehub import Hub, create_api
+from ssehub import Hub, create_api, encode
 from ssehub.testing import open_stream, running_server
 from tests.conftest import make_settings
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _need_chromium
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser]
 
-# The page imports the module the hub serves; `?channels=` picks the stream.
+# The page imports the module the hub serves; `?channels=` picks the stream, `?url=` another stream URL.
 PAGE = """<!doctype html><meta charset="utf-8"><title>ssehub client</title>
 <script type="module">
 import { SSEHubClient } from "/events/client.js";
 window.log = [];
 window.states = [];
 window.resets = [];
-const channels = new URLSearchParams(location.search).get("channels") || "download:updates";
-const client = new SSEHubClient(`/events/stream?channels=${channels}`, {
+const params = new URLSearchParams(location.search);
+const channels = params.get("channels") || "download:updates";
+const client = new SSEHubClient(params.get("url") || `/events/stream?channels=${channels}`, {
   storage: sessionStorage,
   initialRetryDelay: 300,
   maxRetryDelay: 2000,
@@ -66,10 +68,28 @@ def page_server() -> Iterator[PageServer]:
             async def page(request: Request) -> HTMLResponse:
                 return HTMLResponse(PAGE)
 
-            app = Starlette(routes=[Route("/", page), Mount("/events", create_api(hub))], lifespan=lifespan)
+            routes = [Route("/", page), Route("/stalled", _stalled), Mount("/events", create_api(hub))]
+            app = Starlette(routes=routes, lifespan=lifespan)
             return stack.enter_context(running_server(app))
 
         yield start
+
+
+#: The lastEventId query parameter of each request to /stalled, in order.
+STALLED_REQUESTS: list[str | None] = []
+
+
+async def _stalled(request: Request) -> StreamingResponse:
+    """A stream that announces heartbeats every 0.5 s, sends none, and stays open: a connection a NAT dropped."""
+    STALLED_REQUESTS.append(request.query_params.get("lastEventId"))
+    number = len(STALLED_REQUESTS)
+
+    async def body() -> AsyncIterator[bytes]:
+        info = {"connection_id": f"s{number}", "channels": ["x"], "heartbeat_interval": 0.5, "resumed": False}
+        yield encode(json.dumps(info), event="connected", id=f"{number}-0")
+        await asyncio.sleep(5.0)  # silent, longer than the client's 2 s watchdog; bounded so teardown is quick
+
+    return StreamingResponse(body(), media_type="text/event-stream")
 
 
 @contextlib.asynccontextmanager
@@ -180,3 +200,14 @@ async def test_page_load_resumes_from_session_storage(page_server: PageServer, c
     assert [entry["id"] for entry in log] == missed
     assert stored == missed[-1]
     assert not set(first) & {entry["id"] for entry in log}
+
+
+async def test_silent_stream_is_replaced_by_the_watchdog(page_server: PageServer) -> None:
+    """A stream silent for twice its announced heartbeat interval (plus 1 s) is replaced, resuming from its last id."""
+    base = page_server()
+    STALLED_REQUESTS.clear()
+    async with browser_page() as page:
+        await page.goto(base + "/?url=/stalled")
+        await _wait(page, "states.some(s => s.code === 'HEARTBEAT_TIMEOUT')", timeout=10.0)
+        await _wait(page, "states.filter(s => s.state === 'open').length >= 2", timeout=10.0)
+    assert STALLED_REQUESTS[:2] == [None, "1-0"]
