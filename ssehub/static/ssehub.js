@@ -292,8 +292,9 @@ export class SSEHubClient {
    * @returns {() => void} a function that removes the listener.
    */
   on(type, fn) {
-    if (typeof type !== "string" || type === "")
+    if (typeof type !== "string" || type === "") {
       throw new TypeError("SSEHubClient.on: type must be a non-empty string");
+    }
     if (typeof fn !== "function") throw new TypeError("SSEHubClient.on: the listener must be a function");
     let set = this.#listeners.get(type);
     if (set === undefined) {
