@@ -177,6 +177,7 @@ export class SSEHubClient {
   #heartbeatMs;
   /** When the live source last showed life (creation, open, any event), per the client's clock. */ #lastActivity = 0;
   /** `autoConnect` will open the first connection after the constructor's task. */ #autoConnectPending = false;
+  /** The `online` listener is installed (only while a reconnect waits). */ #watchingOnline = false;
 
   /**
    * @param {string | URL} url the stream URL, e.g. "/api/v1/events/stream?channels=a,b".
@@ -579,9 +580,28 @@ export class SSEHubClient {
     this.#setState("reconnecting", delay);
     this.#retryTimer = this.#timers.setTimeout(() => {
       this.#retryTimer = null;
+      this.#stopWatchingOnline();
       this.#open();
     }, delay);
+    this.#watchOnline();
   }
+
+  /** While a reconnect waits, the browser's `online` event (the network is back) cuts the wait short. */
+  #watchOnline() {
+    if (this.#watchingOnline || typeof globalThis.addEventListener !== "function") return;
+    globalThis.addEventListener("online", this.#handleOnline);
+    this.#watchingOnline = true;
+  }
+
+  #stopWatchingOnline() {
+    if (!this.#watchingOnline) return;
+    globalThis.removeEventListener("online", this.#handleOnline);
+    this.#watchingOnline = false;
+  }
+
+  #handleOnline = () => {
+    if (this.#retryTimer !== null) this.connect();
+  };
 
   /**
    * Learn why the browser refused the stream: `fetch` the same URL, read the status and headers, abort.
@@ -693,6 +713,7 @@ export class SSEHubClient {
 
   /** Cancel a pending reconnect timer and a running probe. */
   #cancelRetry() {
+    this.#stopWatchingOnline();
     if (this.#retryTimer !== null) {
       this.#timers.clearTimeout(this.#retryTimer);
       this.#retryTimer = null;

@@ -627,6 +627,40 @@ describe("close and connect", () => {
     assert.equal(ES.instances.length, 2);
   });
 
+  test("the browser's online event cuts a reconnect wait short, and is listened to only while waiting", async () => {
+    const window = new EventTarget();
+    const installed = new Set();
+    globalThis.addEventListener = (type, fn) => {
+      installed.add(fn);
+      window.addEventListener(type, fn);
+    };
+    globalThis.removeEventListener = (type, fn) => {
+      installed.delete(fn);
+      window.removeEventListener(type, fn);
+    };
+    try {
+      const { client, ES } = await setup({ random: () => 0.9 });
+      ES.instances[0].connected("1-0");
+      ES.instances[0].drop();
+      assert.equal(ES.instances.length, 1);
+      assert.equal(installed.size, 1);
+      window.dispatchEvent(new Event("online"));
+      assert.equal(ES.instances.length, 2);
+      assert.equal(ES.instances[1].resumeId, "1-0");
+      assert.equal(installed.size, 0);
+      window.dispatchEvent(new Event("online")); // no longer waiting: nothing happens
+      assert.equal(ES.instances.length, 2);
+      ES.instances[1].drop();
+      client.close();
+      window.dispatchEvent(new Event("online"));
+      assert.equal(ES.instances.length, 2);
+      assert.equal(installed.size, 0); // close() left no listener behind
+    } finally {
+      delete globalThis.addEventListener;
+      delete globalThis.removeEventListener;
+    }
+  });
+
   test("connect() after close() resumes from the last id", async () => {
     const { client, ES } = await setup();
     ES.instances[0].connected("4-0");
