@@ -126,6 +126,16 @@ describe("react hooks", () => {
     view.unmount();
   });
 
+  test("the hooks accept no client: the value stays initial and the state is closed", () => {
+    const view = mount(() => {
+      const value = useSSEValue(null, "x", "initial");
+      useSSEEvent(undefined, "x", () => {});
+      return [value, useSSEState(null).state];
+    });
+    assert.deepEqual(view.output, ["initial", "closed"]);
+    view.unmount();
+  });
+
   test("createHooks refuses something that is not React or not the client class", () => {
     assert.throws(() => createHooks({}, SSEHubClient), /React\.useState/);
     assert.throws(() => createHooks(React), /SSEHubClient/);
