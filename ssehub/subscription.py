@@ -14,7 +14,7 @@ from typing import Any
 
 from ssehub._types import Receive
 from ssehub.connection import Connection
-from ssehub.events import Event, EventId, dump_json
+from ssehub.events import Event, EventId, Position, dump_json
 from ssehub.exceptions import InvalidValueError
 
 _FILTER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -72,7 +72,7 @@ class Subscription:
         self.pending_bytes = 0
         # Missed events to write once the response has started, and the id after which held events are new.
         self.backlog: list[Event] = []
-        self.cutoff = EventId(0, 0)
+        self.cutoff: Position = EventId(0, 0)
 
     async def stream(self, receive: Receive) -> None:
         """Write the backlog, go live, and stream until the connection closes (the response must be started)."""
@@ -103,7 +103,7 @@ class Subscription:
         self.pending = None
         cutoff = self.cutoff
         for event in pending:
-            if event.id > cutoff:
+            if not cutoff.covers(event):
                 connection.push(event.frame, event.chunk)
 
     def accepts(self, fields: Mapping[str, Any]) -> bool:
