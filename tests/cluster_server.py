@@ -206,6 +206,22 @@ class LocalCluster:
             return sorted(ports)
         return []
 
+    def master_of_slot(self, slot: int) -> int:
+        """The port of the live master serving ``slot`` (as a live node sees it), or 0 if none does."""
+        for node in self.nodes:
+            if not node.alive:
+                continue
+            for line in node.info("CLUSTER", "NODES").splitlines():
+                fields = line.split()
+                if len(fields) < 9 or "master" not in fields[2] or "fail" in fields[2]:
+                    continue
+                for item in fields[8:]:
+                    low, _, high = item.partition("-")
+                    if low.isdigit() and int(low) <= slot <= int(high or low):
+                        return int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            return 0
+        return 0
+
     def node(self, port: int) -> ClusterNode:
         """The node listening on ``port``."""
         return next(node for node in self.nodes if node.port == port)
