@@ -111,13 +111,10 @@ async def test_a_killed_master_is_replaced_and_streams_miss_nothing(
             # What the cluster still holds: acknowledged events missing here were lost with the old master.
             admin = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", new_master)], decode_responses=True)
             try:
-                held = {
-                    name: {
-                        json.loads(fields["data"])["i"]
-                        for _, fields in await admin.xrange(ClusterLayout("fo").stream(name))  # type: ignore[no-untyped-call]
-                    }
-                    for name in names
-                }
+                held: dict[str, set[int]] = {}
+                for name in names:
+                    entries = await admin.xrange(ClusterLayout("fo").stream(name)) or []
+                    held[name] = {json.loads(str(fields["data"]))["i"] for _, fields in entries if fields}
             finally:
                 await admin.aclose()
             lost = {name: [i for i in acked[name] if i not in held[name]] for name in names}
