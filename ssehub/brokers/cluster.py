@@ -122,6 +122,9 @@ class ClusterBroker(Broker):
         self._on_gap: GapCallback | None = None
         # The hub's position: the last id handed over per shard (live or caught up).
         self._vector: dict[int, EventId] = {}
+        # The channel of the last event handed over per shard: a reconnecting reader checks that the shard
+        # still holds that event (a failover may have lost it).
+        self._last_channel: dict[int, str] = {}
         self._commands_ok = False
         self._last_error = ""
 
@@ -480,6 +483,7 @@ class ClusterBroker(Broker):
         if last is not None and event.id <= last:
             return
         self._vector[anchor] = event.id
+        self._last_channel[anchor] = event.channel
         event.position = encode_vector(self._vector)
         deliver = self._deliver
         if deliver is not None:
@@ -700,17 +704,24 @@ class _ShardReader:
                     backlog.append(message)
         head = await broker._head_of(self.anchor)
         last = broker._vector.get(self.anchor)
-        if last is not None and head < last:
-            # The master we now talk to never issued ids we delivered: a failover lost unreplicated events.
-            await broker._script(
-                "cluster_lost.lua",
-                [],
-                [layout.shard_prefix(self.anchor), str(last)],
-                "mark lost history",
-                broker._topology.shards[self.anchor],
+        lost = False
+        if last is not None:
+            # Does the master we now talk to know the last id we delivered? If not, a failover lost events
+            # its replica never received: marked in Redis (clients behind them reset), streams ended.
+            channel = broker._last_channel.get(self.anchor)
+            lost = bool(
+                await broker._script(
+                    "cluster_lost.lua",
+                    [],
+                    [layout.shard_prefix(self.anchor), str(last), layout.stream(channel) if channel else ""],
+                    "check for lost history",
+                    broker._topology.shards[self.anchor],
+                )
             )
+        if lost:
+            logger.warning("shard %s lost events up to %s in a failover (its head is %s)", self.anchor, last, head)
             if channels:
-                broker._report_gap(channels, f"shard {self.anchor} lost events after {head} in a failover")
+                broker._report_gap(channels, f"shard {self.anchor} lost events in a failover")
         elif last is not None and channels:
             await self._catch_up(channels, last)
         broker._advance(self.anchor, head)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -138,3 +140,77 @@ async def test_a_killed_master_is_replaced_and_streams_miss_nothing(
         assert expected <= set(c.received), "an acknowledged, retained event was missed"
         if not any(lost.values()):
             assert c.resets == 0, "a reset although no history was lost"
+
+
+async def test_events_lost_in_a_failover_reset_only_the_clients_that_missed_them(
+    cluster_with_replicas: LocalCluster, start_hubs: Callable[..., list[HubProcess]]
+) -> None:
+    """Events a master acknowledged but never replicated are gone after failover: a client that had not seen
+    them resumes with a reset instead of silence; a client that saw them all resumes without one; later events
+    on that shard reach both (no id is issued twice)."""
+    cluster = cluster_with_replicas
+    (hub,) = start_hubs(cluster.url, 1, "lost")
+    name = channels_per_shard("lost", 1)[1][0]
+    victim_port = cluster.master_of_slot(THREE_SHARDS[1][0])
+    replica = next(
+        node
+        for node in cluster.nodes
+        if node.alive and f"master_port:{victim_port}" in node.info("INFO", "replication")
+    )
+    assert replica.process is not None
+
+    async def publish(http: httpx.AsyncClient, i: int) -> bool:
+        body = {"channel": name, "event": "n", "data": {"c": name, "i": i}}
+        return (await http.post(hub.api + "/publish", json=body)).status_code == 201
+
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        live = Client(hub, [name])
+        stop = asyncio.Event()
+        reader = asyncio.create_task(live.run(http, stop))
+        try:
+            await asyncio.wait_for(live.connected.wait(), 20)
+            async with open_stream(http, hub.api + f"/stream?channels={name}") as stream:
+                assert (await stream.next_event()).event == "connected"
+                for i in range(3):
+                    assert await publish(http, i)
+                behind = [await stream.next_event() for _ in range(3)]
+            # Freeze the replica and cut its link: what the master accepts from now on is never replicated
+            # (a frozen replica still receives into its socket buffer, hence the cut).
+            os.kill(replica.process.pid, signal.SIGSTOP)
+            try:
+                assert cluster.node(victim_port).info("CLIENT", "KILL", "TYPE", "replica").strip() == "1"
+                for i in range(3, 6):
+                    assert await publish(http, i)
+                deadline = time.monotonic() + 10
+                while len(live.received) < 6 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert [i for _, i in live.received] == list(range(6))
+                cluster.node(victim_port).kill()
+            finally:
+                os.kill(replica.process.pid, signal.SIGCONT)
+            deadline = time.monotonic() + 60
+            while cluster.master_of_slot(THREE_SHARDS[1][0]) in (0, victim_port) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert cluster.master_of_slot(THREE_SHARDS[1][0]) == replica.port
+            published = False
+            deadline = time.monotonic() + 30
+            while not published and time.monotonic() < deadline:
+                published = await publish(http, 6)
+                if not published:
+                    await asyncio.sleep(0.2)
+            assert published
+            deadline = time.monotonic() + 15
+            while len(live.received) < 7 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert [i for _, i in live.received] == [*range(6), 6]
+            assert live.resets == 0, "a client that saw every lost event missed nothing: no reset"
+            headers = {"Last-Event-ID": behind[-1].id}
+            async with open_stream(http, hub.api + f"/stream?channels={name}", headers=headers) as stream:
+                connected = await stream.next_event()
+                assert json.loads(connected.data)["resumed"] is False
+                reset = await stream.next_event()
+                assert reset.event == "reset"
+                assert json.loads(reset.data) == {"reason": "history_expired", "channels": [name]}
+        finally:
+            stop.set()
+            await asyncio.gather(reader, return_exceptions=True)
