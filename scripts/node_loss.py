@@ -165,6 +165,8 @@ class Client:
         self.since = 0.0  # when its first stream was connected
         self.reconnects = 0
         self.resets = 0
+        # For diagnosing a failure: (hub port, Last-Event-ID sent, index of the first event received on it).
+        self.connections: list[tuple[int, str, int]] = []
 
     async def run(self, hubs: list[Hub], stop: asyncio.Event) -> None:
         path = "/api/v1/events/stream?channels=" + ",".join(self.channels)
@@ -182,6 +184,7 @@ class Client:
 
     async def _stream(self, port: int, path: str, stop: asyncio.Event) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        self.connections.append((port, self.last_id, len(self.received)))
         try:
             resume = f"Last-Event-ID: {self.last_id}\r\n" if self.last_id else ""
             writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{resume}\r\n".encode())
@@ -323,6 +326,8 @@ async def simulate(config: Config, broker_url: str, workdir: Path) -> Report:
         report.reconnects += client.reconnects
         report.resets += client.resets
         report.duplicates += len(got) - len(set(got))
+        if len(got) != len(set(got)) and len(report.errors) < 5:
+            report.errors.append(f"duplicates for {client.channels}: received {got}, connections {client.connections}")
         report.missing += len(want - set(got))
         # Anything received must have been published (acknowledged, or in flight when its hub died).
         attempted = {(name, i) for name in client.channels for i, _, _ in log[name]}
