@@ -36,15 +36,10 @@ from ssehub.brokers._cluster_layout import (
     parse_cluster_url,
     topology_from_slots,
 )
-from ssehub.brokers._redis_layout import (
-    CHANNEL_LIMIT_MARKER,
-    PublishOptions,
-    load_script,
-    require_redis,
-    translate_error,
-)
+from ssehub.brokers._redis_layout import CHANNEL_LIMIT_MARKER, PublishOptions, load_script, translate_error
 from ssehub.brokers._shard_ids import ShardEvent, ShardVector, encode_vector
 from ssehub.brokers.base import Broker, BrokerStatus, DeliverCallback, GapCallback, History, Replay
+from ssehub.brokers.redis_client import ClientOptions, require_redis
 from ssehub.events import Event, EventId, Position, validate_channel, validate_event_type
 from ssehub.exceptions import BrokerUnavailableError
 
@@ -104,6 +99,7 @@ class ClusterBroker(Broker):
         self._target: ClusterTarget = parse_cluster_url(url)
         self._layout = ClusterLayout(prefix)
         self._options = PublishOptions(history_size, history_ttl, max_channels)
+        self._client_options = ClientOptions(pool_size, socket_timeout, connect_timeout)
         self._pool_size = pool_size
         self._socket_timeout = socket_timeout
         self._connect_timeout = connect_timeout
@@ -149,7 +145,7 @@ class ClusterBroker(Broker):
         """
         if self._client is not None:
             raise RuntimeError("ClusterBroker.start() called twice")
-        self._client = make_cluster_client(self._target, self._pool_size, self._socket_timeout, self._connect_timeout)
+        self._client = make_cluster_client(self._target, self._client_options)
         self._deliver = deliver
         self._on_gap = on_gap
         bound = self._connect_timeout + self._socket_timeout
@@ -645,7 +641,7 @@ class _ShardReader:
                 shard = broker._topology.shards.get(self.anchor)
                 if shard is None:
                     raise BrokerUnavailableError(f"no master of the shard named {self.anchor}")
-                client = make_shard_client(broker._target, shard, broker._socket_timeout, broker._connect_timeout)
+                client = make_shard_client(broker._target, shard, broker._client_options)
                 pubsub = client.pubsub()
                 backlog = await self._open(pubsub)
                 self._pubsub = pubsub
