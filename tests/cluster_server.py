@@ -222,6 +222,24 @@ class LocalCluster:
             return 0
         return 0
 
+    def migrate_slot(self, slot: int, to_port: int) -> None:
+        """Move ``slot`` and its keys to the master on ``to_port``, the way ``redis-cli --cluster reshard`` does."""
+        source = self.node(self.master_of_slot(slot))
+        target = self.node(to_port)
+        source_id = source.info("CLUSTER", "MYID").strip()
+        target_id = target.info("CLUSTER", "MYID").strip()
+        assert target.info("CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id).strip() == "OK"
+        assert source.info("CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id).strip() == "OK"
+        while keys := source.info("CLUSTER", "GETKEYSINSLOT", str(slot), "100").split():
+            moved = source.info("MIGRATE", "127.0.0.1", str(to_port), "", "0", "5000", "KEYS", *keys)
+            assert moved.strip() == "OK", moved
+        for node in self.nodes:
+            if node.alive and "role:master" in node.info("INFO", "replication"):
+                node.info("CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+        deadline = time.monotonic() + 30
+        while self.master_of_slot(slot) != to_port and time.monotonic() < deadline:
+            time.sleep(0.1)
+
     def node(self, port: int) -> ClusterNode:
         """The node listening on ``port``."""
         return next(node for node in self.nodes if node.port == port)
