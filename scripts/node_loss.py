@@ -167,6 +167,7 @@ class Client:
         self.resets = 0
         # For diagnosing a failure: (hub port, Last-Event-ID sent, index of the first event received on it).
         self.connections: list[tuple[int, str, int]] = []
+        self.ids: list[str] = []  # the SSE id of each received event, beside ``received``
 
     async def run(self, hubs: list[Hub], stop: asyncio.Event) -> None:
         path = "/api/v1/events/stream?channels=" + ",".join(self.channels)
@@ -220,6 +221,7 @@ class Client:
                     elif message.event == "n":
                         event = json.loads(message.data)
                         self.received.append((event["c"], event["i"]))
+                        self.ids.append(message.id)
         finally:
             writer.close()
 
@@ -327,7 +329,17 @@ async def simulate(config: Config, broker_url: str, workdir: Path) -> Report:
         report.resets += client.resets
         report.duplicates += len(got) - len(set(got))
         if len(got) != len(set(got)) and len(report.errors) < 5:
-            report.errors.append(f"duplicates for {client.channels}: received {got}, connections {client.connections}")
+            seen: dict[tuple[str, int], int] = {}
+            for index, item in enumerate(got):
+                if item in seen:
+                    first = seen[item]
+                    window = slice(max(0, first - 2), index + 2)
+                    report.errors.append(
+                        f"{item} received at {first} (id {client.ids[first]}) and {index} (id {client.ids[index]}); "
+                        f"connections (port, Last-Event-ID, first index): {client.connections}; "
+                        f"around: {list(zip(got[window], client.ids[window], strict=True))}"
+                    )
+                seen.setdefault(item, index)
         report.missing += len(want - set(got))
         # Anything received must have been published (acknowledged, or in flight when its hub died).
         attempted = {(name, i) for name in client.channels for i, _, _ in log[name]}

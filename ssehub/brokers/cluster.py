@@ -262,17 +262,28 @@ class ClusterBroker(Broker):
                 with contextlib.suppress(BrokerUnavailableError, TimeoutError):
                     async with asyncio.timeout(self._connect_timeout):
                         await self._refresh_topology()
-                raise _StaleTopology(translate_error(exc, action)) from exc
+                # Only a ResponseError proves the script did not run (a redirection, or the non-local-key error
+                # raised before any write); after a lost connection or a timeout it may have run.
+                error = translate_error(exc, action)
+                raise _StaleTopology(error, may_have_run=not isinstance(exc, ResponseError)) from exc
             raise translate_error(exc, action) from exc
         self._commands_ok = True
         return result
 
-    async def _retrying(self, name: str, keys: list[str], args_for: Any, action: str, shard_for: Any) -> Any:
-        """Run a script; after a stale-topology failure, once more with the refreshed topology."""
+    async def _retrying(
+        self, name: str, keys: list[str], args_for: Any, action: str, shard_for: Any, *, idempotent: bool
+    ) -> Any:
+        """Run a script; after a stale-topology failure, once more with the refreshed topology.
+
+        A script that is not idempotent (publish) is retried only when it certainly did not run: never after a
+        timeout or a dropped connection, where a retry could store an event twice.
+        """
         try:
             shard = shard_for()
             return shard, await self._script(name, keys, args_for(shard), action, shard if not keys else None)
-        except _StaleTopology:
+        except _StaleTopology as stale:
+            if stale.may_have_run and not idempotent:
+                raise stale.error from stale
             shard = shard_for()
             try:
                 return shard, await self._script(name, keys, args_for(shard), action, shard if not keys else None)
@@ -312,7 +323,7 @@ class ClusterBroker(Broker):
             ]
 
         shard, id_text = await self._retrying(
-            "cluster_publish.lua", keys, args_for, "publish", lambda: self._require_shard(channel)
+            "cluster_publish.lua", keys, args_for, "publish", lambda: self._require_shard(channel), idempotent=False
         )
         return ShardEvent(EventId.parse(str(id_text)), channel, event, data, shard.anchor)
 
@@ -339,7 +350,7 @@ class ClusterBroker(Broker):
                 raise BrokerUnavailableError(f"the shard named {anchor} is not in the cluster any more")
             return shard
 
-        _, result = await self._retrying("cluster_read.lua", [], args_for, "read history", shard_for)
+        _, result = await self._retrying("cluster_read.lua", [], args_for, "read history", shard_for, idempotent=True)
         head = EventId.parse(str(result[0]))
         expired: list[str] = []
         per_channel: list[list[ShardEvent]] = []
@@ -521,12 +532,13 @@ class ClusterBroker(Broker):
         )
 
 
-class _StaleTopology(Exception):
-    """A script reached a node that no longer owns what the caller thought; the topology was refreshed."""
+class _StaleTopology(BrokerUnavailableError):
+    """A script failed on a node that may no longer own what the caller thought; the topology was refreshed."""
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: Exception, *, may_have_run: bool) -> None:
         super().__init__(str(error))
         self.error = error
+        self.may_have_run = may_have_run
 
 
 def _events(channel: str, entries: list[Any], anchor: int) -> list[ShardEvent]:
