@@ -375,15 +375,27 @@ class ClusterBroker(Broker):
     async def position(self) -> ShardVector:
         """The head of every shard, read now (one call per shard, concurrently).
 
+        A shard that cannot be read right now (failing over) gets this hub's own position on it: a stream on
+        one of its channels could not have subscribed meanwhile, and other streams have nothing there, so one
+        shard's outage does not refuse streams on the others.
+
         Raises:
-            BrokerUnavailableError: a shard cannot be reached.
+            BrokerUnavailableError: a shard cannot be reached and this hub has no position on it yet.
         """
         anchors = list(self._topology.shards)
         if not anchors:
             await self._refresh_topology()
             anchors = list(self._topology.shards)
-        heads = await asyncio.gather(*(self._head_of(anchor) for anchor in anchors))
-        return ShardVector(dict(zip(anchors, heads, strict=True)))
+        results = await asyncio.gather(*(self._head_of(anchor) for anchor in anchors), return_exceptions=True)
+        heads: dict[int, EventId] = {}
+        for anchor, result in zip(anchors, results, strict=True):
+            if isinstance(result, EventId):
+                heads[anchor] = result
+            elif isinstance(result, BrokerUnavailableError) and anchor in self._vector:
+                heads[anchor] = self._vector[anchor]
+            else:
+                raise result
+        return ShardVector(heads)
 
     async def read_after(self, channels: Sequence[str], after: Position, limit: int) -> Replay:
         """Per shard, the stream's channels' events after the vector's id on that shard; merged.
