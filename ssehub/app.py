@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 
 from ssehub._types import Receive, Scope, Send
 from ssehub.auth import TOKEN_PARAM
+from ssehub.client_assets import client_routes
 from ssehub.exceptions import (
     AuthenticationError,
     AuthUnavailableError,
@@ -266,6 +267,7 @@ class API:
             Route("/queue", StreamEndpoint(hub, ["queue:updates"]), methods=["GET"]),
             Route("/health", _health, methods=["GET"]),
             Route("/publish", _publish, methods=["POST"]),
+            *client_routes(),  # {prefix}/client.js and friends: the browser client (docs/client.md)
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -117,9 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssehub", description="Server-Sent Events hub.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve the hub (settings from SSEHUB_* variables and .env)")
-    serve.add_argument("--host", help="address to bind (SSEHUB_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (SSEHUB_PORT, default 8000)")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the hub (settings from SSEHUB_* variables and .env)",
+        description="Serve the hub. Each setting comes from, first wins: a flag, the environment (SSEHUB_*), "
+        "a .env file in the working directory, the default.",
+    )
+    serve.add_argument("--host", help="address to bind (else SSEHUB_HOST from the environment or .env; 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=int, help="port to listen on (else SSEHUB_PORT from the environment or .env; 8000)"
+    )
     serve.add_argument("--workers", type=int, default=1, help="worker processes (needs the Redis broker if > 1)")
     serve.set_defaults(func=_serve)
 

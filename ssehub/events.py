@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from ssehub._uvicorn import chunk
 from ssehub.encoder import encode
@@ -57,6 +57,22 @@ class EventId(NamedTuple):
                 f"invalid event id {text[:40]!r}: expected an id ssehub issued, like '1764040000123-0'"
             )
         return cls(int(match.group(1)), int(match.group(2)))
+
+    def covers(self, event: Event) -> bool:
+        """Whether a client at this position has seen ``event`` already (its id is not greater)."""
+        return event.id <= self
+
+
+class Position(Protocol):
+    """Where a stream stands in its broker's order: what ``Last-Event-ID`` carries and a resume starts from.
+
+    An :class:`EventId` on brokers with one total order; a vector of per-shard ids on Redis Cluster
+    (``ssehub.brokers._shard_ids.ShardVector``). ``str()`` gives the text clients hand back.
+    """
+
+    def covers(self, event: Event) -> bool:
+        """Whether a client at this position has seen ``event`` already."""
+        ...
 
 
 def validate_channel(name: str) -> str:

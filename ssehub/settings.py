@@ -3,6 +3,9 @@
 Every setting is an environment variable with the prefix ``SSEHUB_`` (also read from a ``.env`` file in the
 working directory). The README's configuration table lists them; ``tests/test_settings.py`` checks that the
 table and this class agree.
+
+A setting given in several places resolves in one order, first wins: keyword arguments (``ssehub serve``'s
+``--host``/``--port`` flags), the environment, ``.env``, the default.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ssehub.events import validate_channel
 from ssehub.exceptions import InvalidValueError
@@ -57,7 +60,8 @@ class Settings(BaseSettings):
     prefix: str = Field("/api/v1/events", description="Path prefix of the HTTP API.")
     broker_url: str = Field(
         "memory://",
-        description="`memory://` (one process), or `redis://`, `rediss://`, `redis+sentinel://` (see docs/scaling.md).",
+        description="`memory://` (one process), or `redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://` "
+        "(see docs/scaling.md).",
     )
     heartbeat_interval: float = Field(30.0, gt=0, description="Seconds between heartbeat events on every stream.")
     max_connections: int = Field(1000, ge=1, description="Open streams per process; more answer 503.")
@@ -126,6 +130,21 @@ class Settings(BaseSettings):
     jwt_claim: str = Field(
         "ssehub", min_length=1, description="Name of the claim object holding `subscribe`, `publish`, `admin`."
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The documented order, spelled out rather than left to the library: arguments, environment, .env.
+
+        (``file_secret_settings`` reads nothing unless a ``secrets_dir`` is configured; it comes last.)
+        """
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
 
     _split = field_validator("channels", "default_channels", "public_channels", "jwt_algorithms", mode="before")(
         _split_csv
@@ -202,8 +221,10 @@ class Settings(BaseSettings):
     @classmethod
     def _check_broker_url(cls, value: str) -> str:
         scheme = value.split("://", 1)[0] if "://" in value else ""
-        if scheme not in {"memory", "redis", "rediss", "redis+sentinel"}:
-            raise ValueError("broker_url must start with memory://, redis://, rediss:// or redis+sentinel://")
+        if scheme not in {"memory", "redis", "rediss", "redis+sentinel", "redis+cluster"}:
+            raise ValueError(
+                "broker_url must start with memory://, redis://, rediss://, redis+sentinel:// or redis+cluster://"
+            )
         return value
 
     @model_validator(mode="after")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ssehub._types import Receive
 from ssehub.connection import Connection
-from ssehub.events import Event, EventId, dump_json
+from ssehub.events import Event, EventId, Position, dump_json
 from ssehub.exceptions import InvalidValueError
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class Subscription:
         self.pending_bytes = 0
         # Missed events to write once the response has started, and the id after which held events are new.
         self.backlog: list[Event] = []
-        self.cutoff = EventId(0, 0)
+        self.cutoff: Position = EventId(0, 0)
         # Who opened the stream and what it may read (ssehub.grants.Grant), checked once before it opened.
         self.grant: Grant | None = None
 
@@ -127,7 +127,7 @@ class Subscription:
         self.pending = None
         cutoff = self.cutoff
         for event in pending:
-            if event.id > cutoff:
+            if not cutoff.covers(event):
                 connection.push(event.frame, event.chunk)
         # No await since the last held event: the next live event goes straight to the connection.
         if self._on_live is not None and not connection.closed:
