@@ -27,15 +27,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from ssehub._types import Receive, Scope, Send
+from ssehub.cors import CorsPolicy
 from ssehub.exceptions import (
     BrokerUnavailableError,
     ChannelLimitError,
     ConnectionLimitError,
     HubNotRunningError,
     InvalidValueError,
+    LimitExceededError,
     UnknownChannelError,
 )
 from ssehub.hub import Hub
+from ssehub.limits import RateLimiter, StreamLimits, client_address, discard_body, read_body
 from ssehub.settings import Settings
 
 logger = logging.getLogger("ssehub.app")
@@ -70,10 +73,22 @@ def _error_for(exc: Exception) -> JSONResponse:
         return error_response(503, "HUB_NOT_RUNNING", str(exc), {"Retry-After": "2"})
     if isinstance(exc, ChannelLimitError):
         return error_response(429, "CHANNEL_LIMIT", str(exc), {"Retry-After": "60"})
+    if isinstance(exc, LimitExceededError):
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+        if exc.close:
+            headers["Connection"] = "close"  # the body was left unread: do not parse it as the next request
+        return error_response(exc.status, exc.code, str(exc), headers)
     raise exc
 
 
-_HUB_ERRORS = (InvalidValueError, ConnectionLimitError, BrokerUnavailableError, HubNotRunningError, ChannelLimitError)
+_HUB_ERRORS = (
+    InvalidValueError,
+    ConnectionLimitError,
+    BrokerUnavailableError,
+    HubNotRunningError,
+    ChannelLimitError,
+    LimitExceededError,
+)
 
 
 class StreamEndpoint:
@@ -85,10 +100,20 @@ class StreamEndpoint:
         filter_param: a path parameter that becomes a filter of the same name (``/downloads/{download_id}``).
     """
 
-    def __init__(self, hub: Hub, channels: list[str] | None = None, filter_param: str | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        channels: list[str] | None = None,
+        filter_param: str | None = None,
+        *,
+        limits: StreamLimits | None = None,
+    ) -> None:
         self.hub = hub
         self.channels = channels
         self.filter_param = filter_param
+        settings = hub.settings
+        self.cors = CorsPolicy(settings.allowed_origins)
+        self.limits = limits or StreamLimits(settings.max_streams_per_client, settings.max_streams_per_identity)
 
     def _request_args(self, request: Request) -> tuple[list[str], dict[str, str], str | None]:
         params = request.query_params
@@ -124,35 +149,62 @@ class StreamEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         hub = self.hub
+        # CORS headers go into this endpoint's own answers (a wrapped send would turn the fast path off).
+        cors = self.cors.headers(scope)
         if not hub.settings.enable_sse:
             response = error_response(503, "SSE_DISABLED", "server-sent events are disabled (SSEHUB_ENABLE_SSE)")
+            response.raw_headers.extend(cors)
             await response(scope, receive, send)
             return
         try:
             channels, filters, last_event_id = self._request_args(request)
-            sub = await hub.open(channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope)
+            # identity: the authenticated subject once credentials exist; until then streams count per address.
+            lease = self.limits.acquire(client_address(scope), None)
         except _HUB_ERRORS as exc:
-            await _error_for(exc)(scope, receive, send)
+            response = _error_for(exc)
+            response.raw_headers.extend(cors)
+            await response(scope, receive, send)
             return
         del request  # nothing of the request is needed while the stream lives
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
-            await sub.stream(receive)
+            try:
+                sub = await hub.open(channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope)
+            except _HUB_ERRORS as exc:
+                response = _error_for(exc)
+                response.raw_headers.extend(cors)
+                await response(scope, receive, send)
+                return
+            try:
+                headers = _STREAM_HEADERS + cors if cors else _STREAM_HEADERS
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                await sub.stream(receive)
+            finally:
+                hub.release(sub)
         finally:
-            hub.release(sub)
+            lease.release()
 
 
 async def _publish(request: Request) -> Response:
     hub: Hub = request.app.state.hub
-    limit = hub.settings.max_payload_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return error_response(413, "PAYLOAD_TOO_LARGE", f"the body is larger than {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return error_response(413, "PAYLOAD_TOO_LARGE", f"the body is larger than {limit} bytes")
+    settings = hub.settings
+    limiter: RateLimiter = request.app.state.publish_rate
+    try:
+        try:
+            # Keyed by the client address until credentials exist; then by the API key or subject.
+            limiter.check(client_address(request.scope))
+        except LimitExceededError as exc:
+            # Read what the client sends before answering, so that it reads the 429 rather than a reset.
+            exc.close = not await discard_body(request.receive, settings.max_drain_bytes, settings.body_timeout)
+            raise
+        body = await read_body(
+            request.scope,
+            request.receive,
+            limit=settings.max_payload_bytes,
+            timeout=settings.body_timeout,
+            drain=settings.max_drain_bytes,
+        )
+    except LimitExceededError as exc:
+        return _error_for(exc)
     try:
         payload = json.loads(body, parse_constant=_reject_constant)
     except ValueError as exc:
@@ -215,9 +267,14 @@ class API:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self._stream = StreamEndpoint(hub)
-        self._queue = StreamEndpoint(hub, ["queue:updates"])
-        self._downloads = StreamEndpoint(hub, ["download:updates"], "download_id")
+        settings = hub.settings
+        self.cors = CorsPolicy(settings.allowed_origins)
+        #: Open streams per client address and identity, shared by every stream route.
+        self.stream_limits = StreamLimits(settings.max_streams_per_client, settings.max_streams_per_identity)
+        limits = self.stream_limits
+        self._stream = StreamEndpoint(hub, limits=limits)
+        self._queue = StreamEndpoint(hub, ["queue:updates"], limits=limits)
+        self._downloads = StreamEndpoint(hub, ["download:updates"], "download_id", limits=limits)
         routes = [
             Route("/stream", self._stream, methods=["GET"]),
             Route("/downloads/{download_id}", self._downloads, methods=["GET"]),
@@ -227,6 +284,7 @@ class API:
         ]
         self._other = Starlette(routes=routes, exception_handlers=_EXCEPTION_HANDLERS)
         self._other.state.hub = hub
+        self._other.state.publish_rate = RateLimiter(settings.publish_rate, settings.publish_burst)
         self.state = self._other.state
 
     def match_stream(self, path: str) -> tuple[StreamEndpoint, dict[str, str]] | None:
@@ -242,12 +300,17 @@ class API:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
-            found = self.match_stream(_route_path(scope))
-            if found is not None:
-                endpoint, scope["path_params"] = found
-                await endpoint(scope, receive, send)
+        if scope["type"] == "http":
+            if self.cors.is_preflight(scope):
+                await self.cors.preflight(scope)(scope, receive, send)
                 return
+            if scope["method"] == "GET":
+                found = self.match_stream(_route_path(scope))
+                if found is not None:
+                    endpoint, scope["path_params"] = found
+                    await endpoint(scope, receive, send)  # adds its own CORS headers
+                    return
+            send = self.cors.wrap(scope, send)
         await self._other(scope, receive, send)
 
 

@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from ssehub import Hub, Settings, create_api, create_app
+from ssehub.guard import uvicorn_options
 from ssehub.testing import running_server
 
 
@@ -74,7 +75,8 @@ def start_server(writer: str) -> Iterator[ServerFactory]:
             settings = make_settings(**overrides)
             hub = Hub(settings)
             app = create_app(hub=hub) if writer == "direct" else mounted_app(hub)
-            base_url = stack.enter_context(running_server(app))
+            # The server options `ssehub serve` uses (head guard, proxy trust), so tests see what users run.
+            base_url = stack.enter_context(running_server(app, **uvicorn_options(settings)))
             return Server(base_url, base_url + settings.prefix, hub)
 
         yield start
