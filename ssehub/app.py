@@ -209,6 +209,8 @@ async def _publish(request: Request) -> Response:
         payload = json.loads(body, parse_constant=_reject_constant)
     except ValueError as exc:
         return error_response(422, "INVALID_JSON", f"the body is not valid JSON: {exc}")
+    except RecursionError:
+        return error_response(422, "INVALID_JSON", "the body is nested too deeply")
     if not isinstance(payload, dict):
         return error_response(422, "INVALID_BODY", 'the body must be a JSON object {"channel", "event", "data"}')
     missing = sorted(_PUBLISH_FIELDS - payload.keys())
