@@ -22,8 +22,15 @@ def api_path(server: Server) -> str:
 async def raw_exchange(server: Server, data: bytes, *, timeout: float = 5.0, chunks: int = 1) -> bytes:
     """Send ``data`` on a fresh socket (in ``chunks`` writes, all before reading anything), then read until the
     server closes or ``timeout`` passes; return what was read (possibly ``b""`` after a reset)."""
+    return (await send_then_read(server, data, timeout=timeout, chunks=chunks))[1]
+
+
+async def send_then_read(server: Server, data: bytes, *, timeout: float = 5.0, chunks: int = 1) -> tuple[bool, bytes]:
+    """Like :func:`raw_exchange`, and also whether every byte could be sent (a simple client whose write fails
+    with a reset gives up without reading the answer)."""
     reader, writer = await asyncio.open_connection(*address(server))
     received = bytearray()
+    sent_all = True
     try:
         size = max(1, -(-len(data) // chunks))
         try:
@@ -31,7 +38,7 @@ async def raw_exchange(server: Server, data: bytes, *, timeout: float = 5.0, chu
                 writer.write(data[start : start + size])
                 await writer.drain()
         except ConnectionError:
-            pass  # the server refused early; read what it answered
+            sent_all = False  # the server refused early; read what it answered
         try:
             async with asyncio.timeout(timeout):
                 while piece := await reader.read(65536):
@@ -42,7 +49,7 @@ async def raw_exchange(server: Server, data: bytes, *, timeout: float = 5.0, chu
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
-    return bytes(received)
+    return sent_all, bytes(received)
 
 
 def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:

@@ -18,7 +18,7 @@ from ssehub.limits import RateLimiter, StreamLimits
 from ssehub.testing import open_stream
 from tests.conftest import Server, ServerFactory, make_settings
 from tests.helpers import health, publish, wait_for_connections
-from tests.rawhttp import address, api_path, parse_response, raw_exchange
+from tests.rawhttp import address, api_path, parse_response, send_then_read
 
 pytestmark = pytest.mark.anyio
 
@@ -189,30 +189,33 @@ def test_trusted_proxies_setting_is_one_rule_for_uvicorn() -> None:
 # -- request bodies ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("keep_alive", [True, False], ids=["keep-alive", "connection-close"])
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
 async def test_oversized_body_from_a_client_that_does_not_read_gets_413(
-    start_server: ServerFactory, client: httpx.AsyncClient, declared: bool
+    start_server: ServerFactory, client: httpx.AsyncClient, declared: bool, keep_alive: bool
 ) -> None:
-    """A client that sends a whole oversized body before reading still reads the 413 JSON, not a reset."""
-    server = start_server(max_payload_bytes=1024, max_drain_bytes=1 << 20)
-    body = b'{"channel": "a:1", "event": "e", "data": "' + b"x" * 400_000 + b'"}'
+    """A client that sends a whole oversized body (MBs, past socket buffers) before reading can send all of it
+    and then reads the 413 JSON, not a reset; a kept-alive connection stays usable."""
+    server = start_server(max_payload_bytes=1024, max_drain_bytes=8 << 20)
+    body = b'{"channel": "a:1", "event": "e", "data": "' + b"x" * 3_000_000 + b'"}'
+    head = f"POST {api_path(server)}/publish HTTP/1.1\r\nHost: x\r\n" + ("" if keep_alive else "Connection: close\r\n")
     if declared:
-        request = publish_request(server, body)
+        request = f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
     else:
-        chunked = b"".join(b"%x\r\n%b\r\n" % (len(part), part) for part in (body[:200_000], body[200_000:]))
-        request = (
-            f"POST {api_path(server)}/publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
-            + chunked
-            + b"0\r\n\r\n"
-        )
-    # Then ask for /health on the same connection: the drained body left the connection usable.
-    request += b"GET " + api_path(server).encode() + b"/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    raw = await raw_exchange(server, request, chunks=40)
+        parts = (body[:1_500_000], body[1_500_000:])
+        chunked = b"".join(b"%x\r\n%b\r\n" % (len(part), part) for part in parts) + b"0\r\n\r\n"
+        request = f"{head}Transfer-Encoding: chunked\r\n\r\n".encode() + chunked
+    if keep_alive:
+        # Then /health on the same connection: the drained body left the connection usable.
+        request += f"GET {api_path(server)}/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    sent_all, raw = await send_then_read(server, request, chunks=60)
+    assert sent_all, "the server reset the connection while the client was still sending"
     status, _, answer = parse_response(raw)
     assert status == 413
     assert json.loads(answer)["code"] == "PAYLOAD_TOO_LARGE"
-    assert raw.count(b"HTTP/1.1 ") == 2
-    assert b"HTTP/1.1 200 OK" in raw
+    if keep_alive:
+        assert raw.count(b"HTTP/1.1 ") == 2
+        assert b"HTTP/1.1 200 OK" in raw
     await assert_healthy(client, server)
 
 
