@@ -333,7 +333,8 @@ async def _bad_requests(api: str, count: int) -> None:
         ("GET", f"{path}/downloads/%00".encode()),
         ("RAW", b"GET " + path.encode() + b"/stream?channels=a\x00 HTTP/1.1\r\n\r\n"),
         ("RAW", b"GET " + path.encode() + b"/stream HTTP/1.1\r\nX: " + b"v" * 100_000 + b"\r\n\r\n"),
-        ("RAW", b"POST " + path.encode() + b"/publish HTTP/1.1\r\nContent-Length: 900000\r\n\r\n" + b"x" * 200_000),
+        ("RAW", b"POST " + path.encode() + b"/publish HTTP/1.1\r\nContent-Length: 300000\r\n\r\n" + b"x" * 300_000),
+        ("RAW", b"GET " + path.encode() + b"/stream?channels=" + b"a" * 200_000 + b" HTTP/1.1\r\n\r\n"),
     ]
     semaphore = asyncio.Semaphore(25)
     limits = httpx.Limits(max_connections=25, max_keepalive_connections=0)
@@ -354,7 +355,7 @@ async def _bad_requests(api: str, count: int) -> None:
                         writer.close()
                 elif method == "POST":
                     response = await client.post(f"{base}:{port}{target.decode()}", content=b'{"data": NaN}')
-                    assert response.status_code == 422
+                    assert response.status_code in (422, 429)  # 429: the publish rate limit may answer first
                 else:
                     response = await client.get(f"{base}:{port}{target.decode()}")
                     assert 400 <= response.status_code < 500, response.text
