@@ -86,6 +86,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_started = False  # a byte of the current head arrived
         self._head_raw = 0  # bytes of data chunks that began and ended inside the head
         self._head_parsed = 0  # bytes of the request line and headers seen by the parser callbacks
+        self._boundary = False  # a head or a message ended while the current chunk was parsed
         self._head_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
         self._refused = False
@@ -114,8 +115,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         began_in_head = self._in_head
         if began_in_head and data:
             self._head_started = True
+        self._boundary = False
         super().data_received(data)
-        if self._refused or not (began_in_head and self._in_head):
+        if self._refused or not began_in_head or self._boundary:
             return
         # The whole chunk was request head and the head is still open: a head that never ends is bounded
         # here (the parser buffers a header's value until it is complete, so callbacks alone would not see it).
@@ -152,12 +154,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._boundary = True
         self._cancel_head_timer()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head = True
+        self._boundary = True
         self._head_started = False
         self._head_raw = self._head_parsed = 0
 

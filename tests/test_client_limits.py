@@ -18,7 +18,7 @@ from ssehub.limits import RateLimiter, StreamLimits
 from ssehub.testing import open_stream
 from tests.conftest import Server, ServerFactory, make_settings
 from tests.helpers import health, publish, wait_for_connections
-from tests.rawhttp import address, api_path, parse_response, send_then_read
+from tests.rawhttp import address, api_path, parse_response, raw_exchange, send_then_read
 
 pytestmark = pytest.mark.anyio
 
@@ -319,6 +319,24 @@ async def test_silent_connection_is_closed(start_server: ServerFactory, client: 
         assert await asyncio.wait_for(reader.read(65536), 5) == b""
     finally:
         writer.close()
+    await assert_healthy(client, server)
+
+
+async def test_large_requests_on_one_kept_alive_connection_are_fine(
+    start_server: ServerFactory, client: httpx.AsyncClient
+) -> None:
+    """Publishes close to the payload limit, one after another on one connection, never count as head bytes."""
+    server = start_server(max_header_bytes=4096, max_payload_bytes=65536)
+    host, port = address(server)
+    body = json.dumps({"channel": "a:1", "event": "e", "data": "x" * 60000}).encode()
+    requests = b"".join(publish_request(server, body) for _ in range(4))
+    raw = await raw_exchange(server, requests + b"GET " + api_path(server).encode() + b"/nope HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert raw.count(b"HTTP/1.1 201 Created") == 4, raw[:300]
+    assert raw.count(b"HTTP/1.1 404") == 1
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as same_connection:
+        for _ in range(4):
+            response = await same_connection.post(f"{api_path(server)}/publish", content=body)
+            assert response.status_code == 201, response.text
     await assert_healthy(client, server)
 
 
