@@ -330,7 +330,9 @@ async def test_large_requests_on_one_kept_alive_connection_are_fine(
     host, port = address(server)
     body = json.dumps({"channel": "a:1", "event": "e", "data": "x" * 60000}).encode()
     requests = b"".join(publish_request(server, body) for _ in range(4))
-    raw = await raw_exchange(server, requests + b"GET " + api_path(server).encode() + b"/nope HTTP/1.1\r\nConnection: close\r\n\r\n")
+    raw = await raw_exchange(
+        server, requests + b"GET " + api_path(server).encode() + b"/nope HTTP/1.1\r\nConnection: close\r\n\r\n"
+    )
     assert raw.count(b"HTTP/1.1 201 Created") == 4, raw[:300]
     assert raw.count(b"HTTP/1.1 404") == 1
     async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as same_connection:
