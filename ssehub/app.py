@@ -38,7 +38,7 @@ from ssehub.exceptions import (
     UnknownChannelError,
 )
 from ssehub.hub import Hub
-from ssehub.limits import RateLimiter, StreamLimits, client_address, discard_body, read_body
+from ssehub.limits import RateLimiter, StreamLimits, client_address, discard_body, rate_key, read_body
 from ssehub.settings import Settings
 
 logger = logging.getLogger("ssehub.app")
@@ -190,8 +190,8 @@ async def _publish(request: Request) -> Response:
     limiter: RateLimiter = request.app.state.publish_rate
     try:
         try:
-            # Keyed by the client address until credentials exist; then by the API key or subject.
-            limiter.check(client_address(request.scope))
+            # identity: the API key or token subject once credentials exist; until then the client address counts.
+            limiter.check(rate_key(request.scope, None))
         except LimitExceededError as exc:
             # Read what the client sends before answering, so that it reads the 429 rather than a reset.
             exc.close = not await discard_body(request.receive, settings.max_drain_bytes, settings.body_timeout)

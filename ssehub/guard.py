@@ -201,7 +201,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # A response (a stream) is in flight on this connection: no room for another answer.
             transport.close()
             return
-        self.logger.info("refusing a request from %s: %s %s", self.client, status, code)
+        self.logger.debug("refusing a request from %s: %s %s", self.client, status, code)  # a flood must not flood logs
         transport.write(refusal_bytes(status, code, message))
         if transport.can_write_eof():
             transport.write_eof()

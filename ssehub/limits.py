@@ -43,6 +43,16 @@ def client_address(scope: Scope) -> str:
     return "unknown"
 
 
+def rate_key(scope: Scope, identity: str | None) -> str:
+    """The publish rate limiter's key: the identity when the request has one, else the client address.
+
+    Prefixed so that an identity can never share a bucket with an address spelled the same.
+    """
+    if identity is not None:
+        return "id:" + identity
+    return "addr:" + client_address(scope)
+
+
 class StreamLease:
     """One open stream's share of the per-client and per-identity counts. :meth:`release` is idempotent."""
 

@@ -288,7 +288,7 @@ async def test_slow_headers_are_cut_with_408(start_server: ServerFactory, client
     answer = b""
     try:
         writer.write(f"GET {api_path(server)}/health HTTP/1.1\r\nHost: x\r\n".encode())
-        for n in range(40):  # bounded: one header line every 0.1 s, for at most 4 s
+        for n in range(80):  # bounded: one header line every 0.1 s, for at most 8 s
             try:
                 writer.write(f"X-Slow-{n}: 1\r\n".encode())
                 await writer.drain()
@@ -307,7 +307,7 @@ async def test_slow_headers_are_cut_with_408(start_server: ServerFactory, client
     status, headers, body = parse_response(answer)
     assert (status, json.loads(body)["code"]) == (408, "REQUEST_TIMEOUT")
     assert headers["connection"] == "close"
-    assert 0.9 <= elapsed < 4
+    assert 0.9 <= elapsed < 10  # never before the timeout; the upper bound only catches "never"
     await assert_healthy(client, server)
 
 
