@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Match, Mount, Route
 
 from ssehub._types import Receive, Scope, Send
 from ssehub.cors import CorsPolicy
@@ -98,6 +98,8 @@ class StreamEndpoint:
         hub: the hub to subscribe to.
         channels: fixed channels (``/queue``); ``None`` reads ``?channels=`` and falls back to the defaults.
         filter_param: a path parameter that becomes a filter of the same name (``/downloads/{download_id}``).
+        limits: open streams per client address and identity, shared by every stream route of an API; its own
+            when omitted.
     """
 
     def __init__(
@@ -249,22 +251,14 @@ async def _health(request: Request) -> Response:
     return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
 
-def _route_path(scope: Scope) -> str:
-    """The path below the app's root path (as Starlette's router computes it)."""
-    path: str = scope["path"]
-    root_path: str = scope.get("root_path", "")
-    if root_path and path.startswith(root_path) and path != root_path and path[len(root_path)] == "/":
-        return path[len(root_path) :]
-    return path
-
-
 class API:
     """The HTTP API as one ASGI app, with paths relative to where it is mounted.
 
-    Stream requests (``GET /stream``, ``/queue``, ``/downloads/{id}``) go straight to their endpoint; the rest
-    (publish, health, refusals) to a small Starlette app. A stream lives for minutes, and every coroutine
-    frame between the server and the endpoint lives as long: skipping the middleware stack for streams saves
-    several KiB per open connection (see docs/performance.md).
+    The routes are declared once, in :meth:`routes`. Stream routes are dispatched straight to their endpoint,
+    past Starlette's middleware stack; the rest (publish, health, refusals) go through a small Starlette app.
+    A stream lives for minutes, and every coroutine frame between the server and the endpoint lives as long:
+    skipping the middleware stack for streams saves several KiB per open connection, and keeps ``send``
+    unwrapped, which the fast writer needs (see docs/performance.md and ``ssehub/_uvicorn.py``).
     """
 
     def __init__(self, hub: Hub) -> None:
@@ -273,44 +267,41 @@ class API:
         self.cors = CorsPolicy(settings.allowed_origins)
         #: Open streams per client address and identity, shared by every stream route.
         self.stream_limits = StreamLimits(settings.max_streams_per_client, settings.max_streams_per_identity)
-        limits = self.stream_limits
-        self._stream = StreamEndpoint(hub, limits=limits)
-        self._queue = StreamEndpoint(hub, ["queue:updates"], limits=limits)
-        self._downloads = StreamEndpoint(hub, ["download:updates"], "download_id", limits=limits)
-        routes = [
-            Route("/stream", self._stream, methods=["GET"]),
-            Route("/downloads/{download_id}", self._downloads, methods=["GET"]),
-            Route("/queue", self._queue, methods=["GET"]),
-            Route("/health", _health, methods=["GET"]),
-            Route("/publish", _publish, methods=["POST"]),
-        ]
+        routes = self.routes(hub, self.stream_limits)
+        #: The stream routes: those whose endpoint is a StreamEndpoint.
+        self.stream_routes = [r for r in routes if isinstance(r, Route) and isinstance(r.app, StreamEndpoint)]
         self._other = Starlette(routes=routes, exception_handlers=_EXCEPTION_HANDLERS)
         self._other.state.hub = hub
         self._other.state.publish_rate = RateLimiter(settings.publish_rate, settings.publish_burst)
         self.state = self._other.state
 
-    def match_stream(self, path: str) -> tuple[StreamEndpoint, dict[str, str]] | None:
-        """The stream endpoint for a path relative to the API, with its path parameters."""
-        if path == "/stream":
-            return self._stream, {}
-        if path == "/queue":
-            return self._queue, {}
-        if path.startswith("/downloads/"):
-            download_id = path[len("/downloads/") :]
-            if download_id and "/" not in download_id:
-                return self._downloads, {"download_id": download_id}
-        return None
+    @staticmethod
+    def routes(hub: Hub, limits: StreamLimits | None = None) -> list[BaseRoute]:
+        """Every route of the API (paths relative to the mount point); the stream routes share ``limits``."""
+        if limits is None:
+            limits = StreamLimits(hub.settings.max_streams_per_client, hub.settings.max_streams_per_identity)
+        return [
+            Route("/stream", StreamEndpoint(hub, limits=limits), methods=["GET"]),
+            Route(
+                "/downloads/{download_id}",
+                StreamEndpoint(hub, ["download:updates"], "download_id", limits=limits),
+                methods=["GET"],
+            ),
+            Route("/queue", StreamEndpoint(hub, ["queue:updates"], limits=limits), methods=["GET"]),
+            Route("/health", _health, methods=["GET"]),
+            Route("/publish", _publish, methods=["POST"]),
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if self.cors.is_preflight(scope):
                 await self.cors.preflight(scope)(scope, receive, send)
                 return
-            if scope["method"] == "GET":
-                found = self.match_stream(_route_path(scope))
-                if found is not None:
-                    endpoint, scope["path_params"] = found
-                    await endpoint(scope, receive, send)  # adds its own CORS headers
+            for route in self.stream_routes:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child_scope)
+                    await route.app(scope, receive, send)  # adds its own CORS headers
                     return
             send = self.cors.wrap(scope, send)
         await self._other(scope, receive, send)
@@ -324,6 +315,9 @@ def create_api(hub: Hub) -> API:
 class App:
     """A standalone ssehub application: the API at ``settings.prefix`` and a lifespan that runs the hub.
 
+    HTTP requests under the prefix go to the API directly (its stream routes must see uvicorn's own ``send``,
+    which Starlette's middleware would wrap); the lifespan and everything else go through Starlette.
+
     Attributes:
         hub: the hub it serves.
         state: Starlette-style state (``state.hub``).
@@ -332,28 +326,24 @@ class App:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.api = API(hub)
-        self._prefix = hub.settings.prefix
+        self._mount = Mount(hub.settings.prefix, app=self.api)
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
             async with hub:
                 yield
 
-        self._starlette = Starlette(
-            routes=[Mount(self._prefix, app=self.api)], lifespan=lifespan, exception_handlers=_EXCEPTION_HANDLERS
-        )
+        self._starlette = Starlette(routes=[self._mount], lifespan=lifespan, exception_handlers=_EXCEPTION_HANDLERS)
         self.state = self._starlette.state
         self.state.hub = hub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
-            path = _route_path(scope)
-            if path.startswith(self._prefix):
-                found = self.api.match_stream(path[len(self._prefix) :])
-                if found is not None:
-                    endpoint, scope["path_params"] = found
-                    await endpoint(scope, receive, send)
-                    return
+        if scope["type"] == "http":
+            match, child_scope = self._mount.matches(scope)
+            if match is Match.FULL:
+                scope.update(child_scope)
+                await self.api(scope, receive, send)
+                return
         await self._starlette(scope, receive, send)
 
 
