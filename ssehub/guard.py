@@ -17,7 +17,10 @@ subclassed and selected through uvicorn's public ``http`` option (:func:`uvicorn
   it cannot parse gets the same treatment and a JSON body.
 
 The stream requests themselves are untouched: the request cycle is uvicorn's, so the direct stream writer
-still recognizes it.
+still recognizes it. What this relies on (the parser callbacks ``on_message_begin``, ``on_url``, ``on_header``,
+``on_headers_complete``, ``on_message_complete``, ``send_400_response``, and the ``transport``, ``flow``,
+``cycle``, ``loop`` attributes) is pinned by ``tests/test_client_limits.py`` together with the behaviour, within
+the uvicorn versions ``pyproject.toml`` allows.
 
 Trusted proxies (``SSEHUB_TRUSTED_PROXIES``) are one rule in one place: :func:`uvicorn_options` hands the list
 to uvicorn's proxy-headers middleware, which takes the client address from ``X-Forwarded-For`` (the rightmost

@@ -353,3 +353,38 @@ async def test_streams_and_keep_alive_outlive_the_header_timeout(
         event_id = await publish(client, server, "k:1", "e", 1)
         assert (await stream.next_event()).id == event_id
     await wait_for_connections(client, server, 0)
+
+
+def test_guard_relies_only_on_what_uvicorn_has() -> None:
+    """The parser callbacks and attributes the head guard overrides or uses exist in the installed uvicorn
+    (the behaviour itself is pinned by the slow-loris, 408, 414 and 431 tests against a real server)."""
+    import inspect
+
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    from ssehub.guard import GuardedHttpToolsProtocol, GuardedProtocolFactory
+
+    expected = {
+        "connection_made": ["transport"],
+        "connection_lost": ["exc"],
+        "data_received": ["data"],
+        "send_400_response": ["msg"],
+        "on_message_begin": [],
+        "on_url": ["url"],
+        "on_header": ["name", "value"],
+        "on_headers_complete": [],
+        "on_message_complete": [],
+    }
+    for name, parameters in expected.items():
+        method = getattr(HttpToolsProtocol, name)
+        assert list(inspect.signature(method).parameters)[1:] == parameters, name
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        """Never called: the protocol is only built."""
+
+    protocol = GuardedProtocolFactory(1.0, 1024, 0)(uvicorn.Config(app), ServerState(), {})
+    assert isinstance(protocol, GuardedHttpToolsProtocol)
+    for attribute in ("loop", "logger", "cycle", "flow", "transport", "client", "parser"):
+        assert hasattr(protocol, attribute), attribute
