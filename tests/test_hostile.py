@@ -20,7 +20,7 @@ import pytest
 from ssehub.testing import SSEParser, free_port, open_stream
 from tests.conftest import Server, ServerFactory
 from tests.helpers import publish, wait_for_connections
-from tests.rawhttp import api_path, parse_response, raw_exchange
+from tests.rawhttp import address, api_path, parse_response, raw_exchange
 
 pytestmark = pytest.mark.anyio
 
@@ -110,6 +110,37 @@ async def test_raw_control_characters_in_the_request_line(
     assert status == 400
     assert json.loads(body)["code"] == "BAD_REQUEST"
     assert headers["connection"] == "close"
+    await assert_healthy(client, server)
+
+
+async def test_raw_lf_in_the_request_line_ends_it_and_injects_nothing(
+    start_server: ServerFactory, client: httpx.AsyncClient
+) -> None:
+    """A raw LF ends the request line (the parser is lenient there): what follows becomes a header, so the stream
+    is for the channels before the LF only and nothing after it reaches the wire."""
+    server = start_server()
+    reader, writer = await asyncio.open_connection(*address(server))
+    wire = b""
+    try:
+        writer.write(b"GET " + api_path(server).encode() + b"/stream?channels=a:1\nevent: evil\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            while b"event: connected" not in wire or b"\n\n" not in wire.partition(b"event: connected")[2]:
+                piece = await reader.read(65536)
+                if not piece:
+                    break
+                wire += piece
+    finally:
+        writer.close()
+    head, _, body = wire.partition(b"\r\n\r\n")
+    if head.startswith(b"HTTP/1.1 400"):  # a stricter parser refuses it: as good
+        assert json.loads(body)["code"] == "BAD_REQUEST"
+    else:
+        assert head.startswith(b"HTTP/1.1 200")
+        events = SSEParser().feed(body.replace(b"\r\n", b"\n"))  # chunk sizes become comments or ignored lines
+        connected = [e for e in events if e.event == "connected"]
+        assert json.loads(connected[0].data)["channels"] == ["a:1"]
+    assert b"evil" not in wire
     await assert_healthy(client, server)
 
 
