@@ -37,6 +37,9 @@ def anyio_backend() -> str:
 def make_settings(**overrides: Any) -> Settings:
     """Test settings: no .env file, short intervals unless a test says otherwise."""
     values: dict[str, Any] = {"heartbeat_interval": 30.0, "connection_timeout": 300.0, "broker_url": "memory://"}
+    # Per-client limits off: tests open hundreds of streams and publish thousands of events from one address.
+    # tests/test_client_limits.py (and any test about them) turns them on explicitly.
+    values.update(max_streams_per_client=0, max_streams_per_identity=0, publish_rate=0)
     values.update(overrides)
     return Settings(_env_file=None, **values)
 

@@ -355,7 +355,7 @@ async def test_streams_and_keep_alive_outlive_the_header_timeout(
     await wait_for_connections(client, server, 0)
 
 
-def test_guard_relies_only_on_what_uvicorn_has() -> None:
+async def test_guard_relies_only_on_what_uvicorn_has() -> None:
     """The parser callbacks and attributes the head guard overrides or uses exist in the installed uvicorn
     (the behaviour itself is pinned by the slow-loris, 408, 414 and 431 tests against a real server)."""
     import inspect
@@ -384,7 +384,8 @@ def test_guard_relies_only_on_what_uvicorn_has() -> None:
     async def app(scope: object, receive: object, send: object) -> None:
         """Never called: the protocol is only built."""
 
-    protocol = GuardedProtocolFactory(1.0, 1024, 0)(uvicorn.Config(app), ServerState(), {})
+    loop = asyncio.get_running_loop()
+    protocol = GuardedProtocolFactory(1.0, 1024, 0)(uvicorn.Config(app), ServerState(), {}, loop)
     assert isinstance(protocol, GuardedHttpToolsProtocol)
     for attribute in ("loop", "logger", "cycle", "flow", "transport", "client", "parser"):
         assert hasattr(protocol, attribute), attribute
