@@ -35,22 +35,26 @@ STREAMS_RETRY_AFTER = 10
 MAX_RATE_KEYS = 100_000
 
 
-def client_address(scope: Scope) -> str:
-    """The client's address as the server reports it (after trusted-proxy handling), or ``"unknown"``."""
+def client_address(scope: Scope) -> str | None:
+    """The client's address as the server reports it (after trusted-proxy handling); ``None`` when the server
+    does not know it (a Unix socket): per-address limits then do not apply, rather than lumping every client
+    into one count."""
     client = scope.get("client")
-    if client:
+    if client and client[0]:
         return str(client[0])
-    return "unknown"
+    return None
 
 
-def rate_key(scope: Scope, identity: str | None) -> str:
-    """The publish rate limiter's key: the identity when the request has one, else the client address.
+def rate_key(scope: Scope, identity: str | None) -> str | None:
+    """The publish rate limiter's key: the identity when the request has one, else the client address
+    (``None``: neither is known, nothing to count against).
 
     Prefixed so that an identity can never share a bucket with an address spelled the same.
     """
     if identity is not None:
         return "id:" + identity
-    return "addr:" + client_address(scope)
+    address = client_address(scope)
+    return None if address is None else "addr:" + address
 
 
 class StreamLease:
@@ -58,7 +62,7 @@ class StreamLease:
 
     __slots__ = ("_limits", "client", "identity")
 
-    def __init__(self, limits: StreamLimits, client: str, identity: str | None) -> None:
+    def __init__(self, limits: StreamLimits, client: str | None, identity: str | None) -> None:
         self._limits: StreamLimits | None = limits
         self.client = client
         self.identity = identity
@@ -88,13 +92,14 @@ class StreamLimits:
         self._by_client: dict[str, int] = {}
         self._by_identity: dict[str, int] = {}
 
-    def acquire(self, client: str, identity: str | None = None) -> StreamLease:
-        """Count one more stream for ``client`` (and ``identity``, when the request has one).
+    def acquire(self, client: str | None, identity: str | None = None) -> StreamLease:
+        """Count one more stream for ``client`` (when the address is known) and ``identity`` (when the request
+        has one).
 
         Raises:
             LimitExceededError: 429 ``TOO_MANY_STREAMS``; nothing was counted.
         """
-        if self.per_client and self._by_client.get(client, 0) >= self.per_client:
+        if client is not None and self.per_client and self._by_client.get(client, 0) >= self.per_client:
             raise LimitExceededError(
                 f"this client address already has {self.per_client} open streams (SSEHUB_MAX_STREAMS_PER_CLIENT)",
                 "TOO_MANY_STREAMS",
@@ -108,13 +113,15 @@ class StreamLimits:
                 429,
                 retry_after=STREAMS_RETRY_AFTER,
             )
-        self._by_client[client] = self._by_client.get(client, 0) + 1
+        if client is not None:
+            self._by_client[client] = self._by_client.get(client, 0) + 1
         if identity is not None:
             self._by_identity[identity] = self._by_identity.get(identity, 0) + 1
         return StreamLease(self, client, identity)
 
-    def _release(self, client: str, identity: str | None) -> None:
-        _decrement(self._by_client, client)
+    def _release(self, client: str | None, identity: str | None) -> None:
+        if client is not None:
+            _decrement(self._by_client, client)
         if identity is not None:
             _decrement(self._by_identity, identity)
 
@@ -166,13 +173,13 @@ class RateLimiter:
         # key -> (tokens, time of the last refill); dict order is least recently used first.
         self._buckets: dict[str, tuple[float, float]] = {}
 
-    def check(self, key: str) -> None:
-        """Take one token from ``key``'s bucket.
+    def check(self, key: str | None) -> None:
+        """Take one token from ``key``'s bucket (``None``: nothing to count against, always allowed).
 
         Raises:
             LimitExceededError: 429 ``RATE_LIMITED`` with the seconds until a token is back; nothing was taken.
         """
-        if not self.rate:
+        if not self.rate or key is None:
             return
         now = self._clock()
         tokens, last = self._buckets.pop(key, (float(self.burst), now))

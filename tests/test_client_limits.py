@@ -96,6 +96,10 @@ def test_stream_limits_count_per_identity() -> None:
     first.release()
     assert limits.open_streams(identity="alice") == 1
     limits.acquire("10.0.0.1", "alice")
+    anonymous = [limits.acquire(None) for _ in range(20)]  # address unknown (a Unix socket): not counted
+    assert limits.tracked == 5  # three addresses, two identities: the anonymous ones left no entry
+    for lease in anonymous:
+        lease.release()
     unlimited = StreamLimits(per_client=0, per_identity=0)
     leases = [unlimited.acquire("a", "b") for _ in range(50)]
     for lease in leases:
@@ -138,6 +142,8 @@ def test_token_bucket_refills_and_forgets_old_keys() -> None:
         limiter.check(key)
     assert len(limiter) == 3
     RateLimiter(0, 1).check("anything")  # rate 0: no limit
+    for _ in range(5):
+        limiter.check(None)  # nothing known to count against
 
 
 # -- trusted proxies ---------------------------------------------------------------------------------------
