@@ -154,27 +154,22 @@ class StreamEndpoint:
         # CORS headers go into this endpoint's own answers (a wrapped send would turn the fast path off).
         cors = self.cors.headers(scope)
         if not hub.settings.enable_sse:
-            response = error_response(503, "SSE_DISABLED", "server-sent events are disabled (SSEHUB_ENABLE_SSE)")
-            response.raw_headers.extend(cors)
-            await response(scope, receive, send)
+            refusal = error_response(503, "SSE_DISABLED", "server-sent events are disabled (SSEHUB_ENABLE_SSE)")
+            await _refuse(refusal, cors, scope, receive, send)
             return
         try:
             channels, filters, last_event_id = self._request_args(request)
             # identity: the authenticated subject once credentials exist; until then streams count per address.
             lease = self.limits.acquire(client_address(scope), None)
         except _HUB_ERRORS as exc:
-            response = _error_for(exc)
-            response.raw_headers.extend(cors)
-            await response(scope, receive, send)
+            await _refuse(_error_for(exc), cors, scope, receive, send)
             return
         del request  # nothing of the request is needed while the stream lives
         try:
             try:
                 sub = await hub.open(channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope)
             except _HUB_ERRORS as exc:
-                response = _error_for(exc)
-                response.raw_headers.extend(cors)
-                await response(scope, receive, send)
+                await _refuse(_error_for(exc), cors, scope, receive, send)
                 return
             try:
                 headers = _STREAM_HEADERS + cors if cors else _STREAM_HEADERS
@@ -184,6 +179,14 @@ class StreamEndpoint:
                 hub.release(sub)
         finally:
             lease.release()
+
+
+async def _refuse(
+    response: Response, cors: list[tuple[bytes, bytes]], scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Send a stream endpoint's refusal with the request's CORS headers, so that a page can read the error."""
+    response.raw_headers.extend(cors)
+    await response(scope, receive, send)
 
 
 async def _publish(request: Request) -> Response:
