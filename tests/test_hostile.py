@@ -420,3 +420,33 @@ async def test_burst_of_bad_requests_leaves_memory_and_sockets_where_they_were(
         async with open_stream(client, f"{api}/stream?channels=ok:1") as stream:
             assert (await stream.next_event()).event == "connected"
     assert process.poll() is None
+
+
+async def test_serve_guards_request_heads(serve_process: tuple[str, subprocess.Popen[bytes]]) -> None:
+    """`ssehub serve` runs uvicorn with the head guard: an oversized head gets 431 JSON, a stalled one 408 JSON."""
+    api, _ = serve_process
+    port = int(api.rsplit(":", 1)[1].split("/")[0])
+    path = "/" + api.rsplit(":", 1)[1].split("/", 1)[1]
+
+    async def exchange(data: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(data)
+            await writer.drain()
+            received = b""
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                async with asyncio.timeout(8):
+                    while piece := await reader.read(65536):
+                        received += piece
+            return received
+        finally:
+            writer.close()
+
+    big = await exchange(f"GET {path}/health HTTP/1.1\r\nHost: x\r\nX-Big: {'v' * 100_000}\r\n\r\n".encode())
+    status, _, body = parse_response(big)
+    assert (status, json.loads(body)["code"]) == (431, "HEADERS_TOO_LARGE")
+    stalled = await exchange(f"GET {path}/health HTTP/1.1\r\nHost: x\r\n".encode())  # SSEHUB_HEADER_TIMEOUT=2
+    status, _, body = parse_response(stalled)
+    assert (status, json.loads(body)["code"]) == (408, "REQUEST_TIMEOUT")
+    async with httpx.AsyncClient(timeout=5) as client:
+        assert (await client.get(f"{api}/health")).status_code == 200
