@@ -33,6 +33,8 @@ PREFLIGHT_MAX_AGE = 600
 
 _ALLOWED_HEADER_SET = frozenset(name.lower() for name in ALLOWED_HEADERS)
 _VARY_ORIGIN = (b"vary", b"Origin")
+_EXPOSE = (b"access-control-expose-headers", ", ".join(EXPOSED_HEADERS).encode())
+_CREDENTIALS = (b"access-control-allow-credentials", b"true")
 _PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 
 
@@ -82,12 +84,7 @@ class CorsPolicy:
         origin = _header(scope, b"origin")
         if origin is None or origin not in self._allowed:
             return [_VARY_ORIGIN]
-        return [
-            (b"access-control-allow-origin", origin),
-            (b"access-control-allow-credentials", b"true"),
-            (b"access-control-expose-headers", ", ".join(EXPOSED_HEADERS).encode()),
-            _VARY_ORIGIN,
-        ]
+        return [(b"access-control-allow-origin", origin), _CREDENTIALS, _EXPOSE, _VARY_ORIGIN]
 
     @staticmethod
     def is_preflight(scope: Scope) -> bool:
