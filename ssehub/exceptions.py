@@ -72,7 +72,7 @@ class LimitExceededError(SSEHubError):
     """A request went past one of the limits of ``ssehub.limits``: its size, time, count or rate.
 
     Attributes:
-        status: the HTTP status to answer (408, 413 or 429).
+        status: the HTTP status to answer (408, 413 or 429; 400 when the client went away mid-body).
         code: the JSON error code (``TOO_MANY_STREAMS``, ``RATE_LIMITED``, ``PAYLOAD_TOO_LARGE``, ...).
         retry_after: seconds after which a retry may succeed, if that helps the client.
         close: the request body was not read to its end: the answer must close the connection.

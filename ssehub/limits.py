@@ -230,17 +230,15 @@ def _too_large(limit: int, close: bool) -> LimitExceededError:
     )
 
 
-async def read_body(
-    scope: Scope, receive: Receive, *, limit: int, timeout: float, drain: int, rejected_first: bool = False
-) -> bytes:
+async def read_body(scope: Scope, receive: Receive, *, limit: int, timeout: float, drain: int) -> bytes:
     """Read a request body of at most ``limit`` bytes within ``timeout`` seconds.
 
     A declared ``Content-Length`` over the limit is refused before reading; the body is then discarded up to
     ``drain`` bytes (not when the client waits for ``100 Continue``: it has sent nothing).
 
     Raises:
-        LimitExceededError: 413 ``PAYLOAD_TOO_LARGE`` or 408 ``REQUEST_TIMEOUT``; ``close`` says whether the
-            body was left unread.
+        LimitExceededError: 413 ``PAYLOAD_TOO_LARGE`` or 408 ``REQUEST_TIMEOUT`` (400 ``CLIENT_GONE`` if the
+            client went away); ``close`` says whether the body was left unread.
     """
     declared: int | None = None
     expects_continue = False
