@@ -27,24 +27,37 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Mount, Route
 
 from ssehub._types import Receive, Scope, Send
+from ssehub.auth import TOKEN_PARAM
+from ssehub.client_assets import client_routes
 from ssehub.cors import CorsPolicy
 from ssehub.exceptions import (
+    AuthenticationError,
+    AuthUnavailableError,
     BrokerUnavailableError,
     ChannelLimitError,
     ConnectionLimitError,
     HubNotRunningError,
     InvalidValueError,
     LimitExceededError,
+    PermissionDeniedError,
     UnknownChannelError,
 )
 from ssehub.hub import Hub
-from ssehub.limits import RateLimiter, StreamLimits, client_address, discard_body, rate_key, read_body
+from ssehub.limits import (
+    RateLimiter,
+    StreamLimits,
+    client_address,
+    drain_before_refusal,
+    identity_of,
+    rate_key,
+    read_body,
+)
 from ssehub.settings import Settings
 
 logger = logging.getLogger("ssehub.app")
 
 #: Query parameters of the stream endpoints that are not filters.
-RESERVED_PARAMS = frozenset({"channels", "lastEventId"})
+RESERVED_PARAMS = frozenset({"channels", "lastEventId", TOKEN_PARAM})
 _PATH_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 _PUBLISH_FIELDS = frozenset({"channel", "event", "data"})
 _STREAM_HEADERS = [
@@ -73,6 +86,12 @@ def _error_for(exc: Exception) -> JSONResponse:
         return error_response(503, "HUB_NOT_RUNNING", str(exc), {"Retry-After": "2"})
     if isinstance(exc, ChannelLimitError):
         return error_response(429, "CHANNEL_LIMIT", str(exc), {"Retry-After": "60"})
+    if isinstance(exc, AuthenticationError):
+        return error_response(401, exc.code, str(exc), {"WWW-Authenticate": _www_authenticate(exc)})
+    if isinstance(exc, PermissionDeniedError):
+        return error_response(403, "FORBIDDEN", str(exc))
+    if isinstance(exc, AuthUnavailableError):
+        return error_response(503, "AUTH_UNAVAILABLE", str(exc), {"Retry-After": "5"})
     if isinstance(exc, LimitExceededError):
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
         if exc.close:
@@ -81,12 +100,24 @@ def _error_for(exc: Exception) -> JSONResponse:
     raise exc
 
 
+def _www_authenticate(exc: AuthenticationError) -> str:
+    """RFC 6750: a bare challenge when credentials are missing, ``invalid_token`` when they were refused."""
+    if exc.code == "UNAUTHORIZED":
+        return 'Bearer realm="ssehub"'
+    text = str(exc).encode("ascii", "replace").decode("ascii")
+    description = "".join(ch for ch in text if ch.isprintable() and ch not in '"\\')
+    return f'Bearer realm="ssehub", error="invalid_token", error_description="{description}"'
+
+
 _HUB_ERRORS = (
     InvalidValueError,
     ConnectionLimitError,
     BrokerUnavailableError,
     HubNotRunningError,
     ChannelLimitError,
+    AuthenticationError,
+    PermissionDeniedError,
+    AuthUnavailableError,
     LimitExceededError,
 )
 
@@ -159,15 +190,17 @@ class StreamEndpoint:
             return
         try:
             channels, filters, last_event_id = self._request_args(request)
-            # identity: the authenticated subject once credentials exist; until then streams count per address.
-            lease = self.limits.acquire(client_address(scope), None)
+            grant = await hub.auth.stream_grant(request, channels)  # the one auth check of this stream
+            lease = self.limits.acquire(client_address(scope), identity_of(grant))
         except _HUB_ERRORS as exc:
             await _refuse(_error_for(exc), cors, scope, receive, send)
             return
         del request  # nothing of the request is needed while the stream lives
         try:
             try:
-                sub = await hub.open(channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope)
+                sub = await hub.open(
+                    channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope, grant=grant
+                )
             except _HUB_ERRORS as exc:
                 await _refuse(_error_for(exc), cors, scope, receive, send)
                 return
@@ -194,13 +227,16 @@ async def _publish(request: Request) -> Response:
     settings = hub.settings
     limiter: RateLimiter = request.app.state.publish_rate
     try:
-        try:
-            # identity: the API key or token subject once credentials exist; until then the client address counts.
-            limiter.check(rate_key(request.scope, None))
-        except LimitExceededError as exc:
-            # Read what the client sends before answering, so that it reads the 429 rather than a reset.
-            exc.close = not await discard_body(request.receive, settings.max_drain_bytes, settings.body_timeout)
-            raise
+        # Headers only: a token in the query string leaks into logs, a cookie invites cross-site requests.
+        grant = await hub.auth.authenticate(request, query=False, cookie=False)
+        limiter.check(rate_key(request.scope, identity_of(grant)))  # per key or subject, else per address
+    except _HUB_ERRORS as exc:
+        # Refused before the body was read: read and drop it (bounded) so the client reads this, not a reset.
+        response = _error_for(exc)
+        if not await drain_before_refusal(request.scope, request.receive, settings):
+            response.headers["Connection"] = "close"
+        return response
+    try:
         body = await read_body(
             request.scope,
             request.receive,
@@ -228,6 +264,7 @@ async def _publish(request: Request) -> Response:
     if not isinstance(channel, str) or not isinstance(event, str):
         return error_response(422, "INVALID_BODY", "channel and event must be strings")
     try:
+        hub.auth.authorize_publish(grant, channel)
         published = await hub.publish(channel, event, payload["data"])
     except _HUB_ERRORS as exc:
         return _error_for(exc)
@@ -250,7 +287,11 @@ _EXCEPTION_HANDLERS = {HTTPException: _http_error}
 
 async def _health(request: Request) -> Response:
     hub: Hub = request.app.state.hub
-    health = hub.health()
+    try:
+        grant = await hub.auth.authenticate(request, query=False)
+    except _HUB_ERRORS as exc:
+        return _error_for(exc)
+    health = hub.auth.health_view(hub.health(), grant)  # per-channel and broker details for admins only
     return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
 
@@ -293,6 +334,7 @@ class API:
             Route("/queue", StreamEndpoint(hub, ["queue:updates"], limits=limits), methods=["GET"]),
             Route("/health", _health, methods=["GET"]),
             Route("/publish", _publish, methods=["POST"]),
+            *client_routes(),  # {prefix}/client.js and friends: the browser client (docs/client.md)
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

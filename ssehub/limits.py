@@ -25,9 +25,14 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ssehub._types import Receive, Scope
 from ssehub.exceptions import LimitExceededError
+
+if TYPE_CHECKING:
+    from ssehub.grants import Grant
+    from ssehub.settings import Settings
 
 #: Seconds a client refused for too many streams is told to wait (a stream slot frees when one of its ends).
 STREAMS_RETRY_AFTER = 10
@@ -42,6 +47,17 @@ def client_address(scope: Scope) -> str | None:
     client = scope.get("client")
     if client and client[0]:
         return str(client[0])
+    return None
+
+
+def identity_of(grant: Grant) -> str | None:
+    """The identity a request's per-identity limits count against: the API key (by its name) or the token's
+    subject; ``None`` for anonymous and open access, and for a token without a subject (then the address counts,
+    rather than every such token sharing one count)."""
+    if grant.kind == "api_key":
+        return "key:" + grant.name
+    if grant.kind == "jwt" and grant.subject:
+        return "sub:" + grant.subject
     return None
 
 
@@ -222,6 +238,22 @@ async def discard_body(receive: Receive, max_bytes: int, timeout: float) -> bool
                     return False
     except TimeoutError:
         return False
+
+
+async def drain_before_refusal(scope: Scope, receive: Receive, settings: Settings) -> bool:
+    """Before refusing a request whose body was not read (401, 403, 429): read and drop the body, within
+    ``max_drain_bytes`` and ``body_timeout``, so that the client reads the refusal rather than a reset.
+
+    Returns:
+        Whether the body was read to its end; otherwise the refusal must close the connection. A client that
+        waits for ``100 Continue`` or announces a body over the bound is not read from at all.
+    """
+    for name, value in scope.get("headers", ()):
+        if name == b"expect" and value.lower() == b"100-continue":
+            return False
+        if name == b"content-length" and value.isdigit() and int(value) > settings.max_drain_bytes:
+            return False
+    return await discard_body(receive, settings.max_drain_bytes, settings.body_timeout)
 
 
 def _too_large(limit: int, close: bool) -> LimitExceededError:
