@@ -395,3 +395,66 @@ async def test_guard_relies_only_on_what_uvicorn_has() -> None:
     assert isinstance(protocol, GuardedHttpToolsProtocol)
     for attribute in ("loop", "logger", "cycle", "flow", "transport", "client", "parser"):
         assert hasattr(protocol, attribute), attribute
+
+
+# -- per identity, with real credentials -------------------------------------------------------------------
+
+KEY_A = "key-a-0123456789abcdef"
+KEY_B = "key-b-0123456789abcdef"
+IDENTITY_KEYS = [
+    {"key": KEY_A, "scopes": ["subscribe", "publish"], "channels": ["*"], "name": "a"},
+    {"key": KEY_B, "scopes": ["subscribe", "publish"], "channels": ["*"], "name": "b"},
+]
+
+
+async def test_streams_per_identity_count_an_api_key_across_addresses(
+    start_server: ServerFactory, client: httpx.AsyncClient
+) -> None:
+    """Past max_streams_per_identity an API key gets 429 TOO_MANY_STREAMS from any address; another key does not."""
+    server = start_server(api_keys=IDENTITY_KEYS, max_streams_per_identity=2, max_streams_per_client=10)
+    url = f"{server.api}/stream?channels=a:1"
+    async with contextlib.AsyncExitStack() as stack:
+        for forwarded in ("203.0.113.1", "203.0.113.2"):
+            headers = {"X-API-Key": KEY_A, "X-Forwarded-For": forwarded}
+            stream = await stack.enter_async_context(open_stream(client, url, headers=headers))
+            assert stream.response.status_code == 200
+        refused = await client.get(url, headers={"X-API-Key": KEY_A, "X-Forwarded-For": "203.0.113.3"})
+        assert (refused.status_code, refused.json()["code"]) == (429, "TOO_MANY_STREAMS")
+        assert "SSEHUB_MAX_STREAMS_PER_IDENTITY" in refused.json()["error"]
+        other = await stack.enter_async_context(open_stream(client, url, headers={"X-API-Key": KEY_B}))
+        assert other.response.status_code == 200
+        # Refused credentials are answered 401 and take no slot.
+        assert (await client.get(url, headers={"X-API-Key": "wrong-key-0123456789"})).status_code == 401
+    await wait_for_connections(client, server, 0)
+    async with open_stream(client, url, headers={"X-API-Key": KEY_A}) as stream:
+        assert stream.response.status_code == 200
+
+
+async def test_publish_rate_counts_per_api_key(start_server: ServerFactory, client: httpx.AsyncClient) -> None:
+    """The publish rate is counted per API key: one key at its limit does not slow another from the same address."""
+    server = start_server(api_keys=IDENTITY_KEYS, publish_rate=0.5, publish_burst=2)
+    body = {"channel": "a:1", "event": "e", "data": 1}
+    for _ in range(2):
+        response = await client.post(f"{server.api}/publish", json=body, headers={"X-API-Key": KEY_A})
+        assert response.status_code == 201
+    refused = await client.post(f"{server.api}/publish", json=body, headers={"X-API-Key": KEY_A})
+    assert (refused.status_code, refused.json()["code"]) == (429, "RATE_LIMITED")
+    assert int(refused.headers["retry-after"]) >= 1
+    response = await client.post(f"{server.api}/publish", json=body, headers={"X-API-Key": KEY_B})
+    assert response.status_code == 201
+
+
+async def test_refused_publish_with_a_large_body_is_read_and_answered(
+    start_server: ServerFactory, client: httpx.AsyncClient
+) -> None:
+    """A 401 to a publish whose body the client sends before reading is drained: the client reads the 401."""
+    server = start_server(api_keys=IDENTITY_KEYS, max_drain_bytes=8 << 20)
+    body = json.dumps({"channel": "a:1", "event": "e", "data": "x" * 60000}).encode() * 50  # 3 MB, unread
+    sent_all, raw = await send_then_read(
+        server, publish_request(server, body, "Connection: close\r\nX-API-Key: wrong-key-0123456789\r\n"), chunks=60
+    )
+    assert sent_all
+    status, _, answer = parse_response(raw)
+    assert status == 401
+    assert json.loads(answer)["code"].startswith(("UNAUTHORIZED", "INVALID"))
+    await wait_for_connections(client, server, 0)
