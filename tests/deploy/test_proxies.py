@@ -19,8 +19,17 @@ import httpx
 import pytest
 
 from ssehub.testing import open_stream
-from tests.deploy.conftest import HEARTBEAT, PREFIX, READ_TIMEOUT, Upstream, proxy_client, publish
-from tests.deploy.proxies import Proxy
+from tests.deploy.conftest import (
+    HEARTBEAT,
+    PREFIX,
+    READ_TIMEOUT,
+    ProxyFactory,
+    Upstream,
+    proxy_client,
+    publish,
+    tls_context,
+)
+from tests.deploy.proxies import KINDS, Proxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.proxy]
 
@@ -237,3 +246,31 @@ async def test_cors_preflight_passes_through(api_host_proxy: Proxy) -> None:
     assert response.headers.get_list("access-control-allow-origin") == [origin]
     assert response.headers.get_list("access-control-allow-credentials") == ["true"]
     assert "Origin" in response.headers.get("vary", "")
+
+
+#: The header timeout lines of the shipped files and the 1 s the slow-client test uses instead.
+SHORT_HEADER_TIMEOUT = {
+    "nginx": ("client_header_timeout 10s;", "client_header_timeout 1s;"),
+    "caddy": ("read_header 10s", "read_header 1s"),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_client_trickling_its_headers_is_dropped(kind: str, proxies: ProxyFactory) -> None:
+    """A client that never finishes its request headers is disconnected after the header timeout (here 1 s)."""
+    proxy = proxies(kind, "same-origin", edits=[SHORT_HEADER_TIMEOUT[kind]])
+    context = tls_context(proxy)
+    port = int(proxy.https_url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost")
+    try:
+        writer.write(b"GET " + PREFIX.encode() + b"/health HTTP/1.1\r\nHost: localhost\r\n")  # no blank line
+        await writer.drain()
+        started = time.monotonic()
+        async with asyncio.timeout(8):
+            while await reader.read(4096):
+                pass  # a 408 answer may come first; the point is the connection's end
+        assert 0.5 <= time.monotonic() - started < 8
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
