@@ -16,7 +16,7 @@ import pytest
 
 from ssehub.settings import Settings
 from ssehub.testing import free_port
-from tests.deploy.proxies import DEPLOY, LAYOUTS, NGINX_PLACEHOLDERS
+from tests.deploy.proxies import DEPLOY, LAYOUTS, NGINX_PLACEHOLDERS, require_binary
 
 pytestmark = [pytest.mark.proxy]
 
@@ -136,3 +136,12 @@ def test_nginx_placeholders_are_the_documented_ones() -> None:
         assert used <= set(NGINX_PLACEHOLDERS), sorted(used - set(NGINX_PLACEHOLDERS))
         for name in used:
             assert f"`{name}`" in docs, f"docs/deployment.md does not explain {name}"
+
+
+def test_caddyfiles_are_in_caddy_fmt_form() -> None:
+    """The Caddyfiles are as `caddy fmt` writes them (Caddy warns at every start otherwise)."""
+    caddy = require_binary("caddy")
+    for layout in LAYOUTS:
+        path = DEPLOY / "caddy" / f"{layout}.Caddyfile"
+        formatted = subprocess.run([caddy, "fmt", str(path)], capture_output=True, text=True, timeout=30, check=True)
+        assert formatted.stdout == path.read_text(), f"run: caddy fmt --overwrite {path}"

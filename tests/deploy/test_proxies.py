@@ -181,6 +181,15 @@ async def test_request_bodies_stream_to_the_upstream(proxy: Proxy, upstream: Ups
     assert arrived == [True], "the upstream saw no part of the body before it was complete"
 
 
+async def test_only_the_api_is_forwarded(proxy: Proxy, upstream: Upstream, direct: httpx.AsyncClient) -> None:
+    """The hub's root paths (/metrics) are not reachable through the proxy: only the API prefix is forwarded."""
+    assert (await direct.get(f"{upstream.url}/metrics")).text == "upstream root path"
+    async with proxy_client(proxy) as client:
+        response = await client.get(f"{proxy.https_url}/metrics")
+    assert response.status_code == 404
+    assert "upstream root path" not in response.text
+
+
 async def test_plain_http_redirects_to_https(proxy: Proxy) -> None:
     """Plain HTTP answers only with a redirect to https, so a page never mixes http streams into https."""
     async with httpx.AsyncClient(timeout=5.0) as client:
