@@ -10,7 +10,7 @@ Credentials (all optional, see ``docs/security.md``):
 
 Where a credential may come from, first found wins: ``Authorization: Bearer <token>``, ``X-API-Key: <key>``,
 the ``token`` query parameter (streams only: a browser's EventSource cannot send headers), and the cookie named
-by ``SSEHUB_AUTH_COOKIE`` (streams only: a cookie on ``POST /publish`` would invite cross-site request
+by ``SSEHUB_AUTH_COOKIE`` (GET requests only: a cookie on ``POST /publish`` would invite cross-site request
 forgery). ssehub never logs a credential; ``ssehub serve`` redacts ``token=`` from its access log
 (:mod:`ssehub.redact`).
 

@@ -149,6 +149,14 @@ class Settings(BaseSettings):
         _split_csv
     )
 
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: list[ApiKey]) -> list[ApiKey]:
+        digests = [key.digest for key in value]
+        if len(set(digests)) != len(digests):
+            raise ValueError("the same API key is configured twice")
+        return value
+
     @field_validator("public_channels")
     @classmethod
     def _check_public_channels(cls, value: list[str]) -> list[str]:

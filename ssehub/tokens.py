@@ -53,6 +53,8 @@ DEFAULT_ASYMMETRIC = ("RS256", "ES256")
 _JWKS_TTL = 300.0
 _JWKS_MIN_REFRESH = 1.0
 _JWKS_TIMEOUT = 5.0
+#: Tokens whose grant is kept after verification (a client reconnecting with the same token skips the check).
+_VERIFIED_CACHE_SIZE = 1024
 
 
 def effective_algorithms(
@@ -196,6 +198,35 @@ class _JWKS:
         self._keys = keys
 
 
+class _VerifiedTokens:
+    """Grants of recently verified tokens, by the token's exact text, until they expire (bounded, oldest out).
+
+    Clients reconnect with the same token: after the connection timeout, a dropped connection, a resync or a
+    server's restart of streams, often thousands at once. Checking a signature costs 0.1-0.4 ms in PyJWT; a
+    dict lookup does not. The text includes the signature, so only a token that verified can hit; expiry is
+    checked on every hit. The trade-off: a token verified once stays accepted until its ``exp`` even if its key
+    is withdrawn from the JWKS meanwhile, which is the JWT model anyway (short-lived tokens, docs/security.md).
+    """
+
+    __slots__ = ("_grants",)
+
+    def __init__(self) -> None:
+        self._grants: dict[str, Grant] = {}
+
+    def get(self, token: str) -> Grant | None:
+        grant = self._grants.get(token)
+        if grant is not None and grant.expires_at is not None and grant.expires_at <= time.time():
+            del self._grants[token]
+            return None
+        return grant
+
+    def put(self, token: str, grant: Grant) -> None:
+        grants = self._grants
+        if len(grants) >= _VERIFIED_CACHE_SIZE:
+            del grants[next(iter(grants))]
+        grants[token] = grant
+
+
 class TokenVerifier:
     """Verifies JWTs as configured and turns their claims into a :class:`Grant`.
 
@@ -221,6 +252,7 @@ class TokenVerifier:
         self._issuer = settings.jwt_issuer or None
         self._leeway = settings.jwt_leeway
         self._claim = settings.jwt_claim
+        self._verified = _VerifiedTokens()
 
     async def verify(self, token: str) -> Grant:
         """Check ``token`` and return its grant.
@@ -229,6 +261,9 @@ class TokenVerifier:
             AuthenticationError: code ``TOKEN_EXPIRED`` or ``INVALID_TOKEN``.
             AuthUnavailableError: the JWKS cannot be fetched.
         """
+        cached = self._verified.get(token)
+        if cached is not None:
+            return cached
         jwt = self._jwt
         try:
             header = jwt.get_unverified_header(token)
@@ -265,7 +300,9 @@ class TokenVerifier:
             raise AuthenticationError("the token's signature does not verify") from None
         except jwt.PyJWTError as exc:
             raise AuthenticationError(f"the token is not valid ({type(exc).__name__})") from None
-        return grant_from_claims(claims, self._claim, self._leeway)
+        grant = grant_from_claims(claims, self._claim, self._leeway)
+        self._verified.put(token, grant)
+        return grant
 
     async def _key(self, alg: str, kid: str | None) -> Any:
         if alg in HMAC_ALGORITHMS:
@@ -321,4 +358,51 @@ def grant_from_claims(claims: dict[str, Any], claim_name: str = "ssehub", leeway
     )
 
 
-__all__ = ["TokenVerifier", "effective_algorithms", "grant_from_claims"]
+def issue_token(
+    key: Any,
+    *,
+    sub: str | None = None,
+    sid: str | None = None,
+    subscribe: list[str] | None = None,
+    publish: list[str] | None = None,
+    admin: bool = False,
+    ttl: float = 600.0,
+    algorithm: str = "HS256",
+    claim: str = "ssehub",
+    headers: dict[str, Any] | None = None,
+    **extra: Any,
+) -> str:
+    """A token ssehub accepts, for your backend (or tests and demos) to hand to a client.
+
+    Args:
+        key: the HS256 secret, or the private key (PEM or ``cryptography`` object) for RS256/ES256.
+        sub: the user (grants ``user:<sub>``); sid: the session (grants ``session:<sid>``).
+        subscribe, publish: channel patterns; admin: per-channel details in ``/health``.
+        ttl: seconds until ``exp``: keep it short, a stream ends when its token expires.
+        algorithm, claim, headers: as configured on the hub (``SSEHUB_JWT_*``); ``headers`` e.g. ``{"kid": ...}``.
+        extra: more claims (``aud``, ``iss``, ...).
+
+    Raises:
+        MissingDependencyError: PyJWT is not installed.
+    """
+    jwt = _import_jwt()
+    now = int(time.time())
+    claims: dict[str, Any] = {"iat": now, "exp": int(now + ttl), **extra}
+    if sub is not None:
+        claims["sub"] = sub
+    if sid is not None:
+        claims["sid"] = sid
+    grant: dict[str, Any] = {}
+    if subscribe:
+        grant["subscribe"] = list(subscribe)
+    if publish:
+        grant["publish"] = list(publish)
+    if admin:
+        grant["admin"] = True
+    if grant:
+        claims[claim] = grant
+    text: str = jwt.encode(claims, key, algorithm=algorithm, headers=headers)
+    return text
+
+
+__all__ = ["TokenVerifier", "effective_algorithms", "grant_from_claims", "issue_token"]

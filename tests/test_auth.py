@@ -153,6 +153,15 @@ def test_redact_hides_query_tokens() -> None:
         ({"api_keys": [{"scopes": ["admin"]}]}, "exactly one of"),
         ({"api_keys": [{"key": "k" * 20, "sha256": "0" * 64, "scopes": ["admin"]}]}, "exactly one of"),
         ({"api_keys": [{"sha256": "xyz", "scopes": ["admin"]}]}, "64 hex digits"),
+        (
+            {
+                "api_keys": [
+                    {"key": "k" * 20, "scopes": ["admin"]},
+                    {"sha256": sha256_hex("k" * 20), "scopes": ["admin"]},
+                ]
+            },
+            "configured twice",
+        ),
         ({"api_keys": [{"key": "k" * 20, "scopes": ["read"]}]}, "scopes"),
         ({"api_keys": [{"key": "k" * 20, "scopes": ["subscribe"], "channels": ["a*b"]}]}, "invalid channel pattern"),
         ({"public_channels": "news,bad pattern"}, "invalid channel pattern"),
@@ -490,3 +499,40 @@ async def test_jwks_cached_keys_survive_an_outage(
     assert (await _status(client, f"{url}&token={good}"))[0] == 200
     status, body, _ = await _status(client, f"{url}&token={unknown}")
     assert (status, body["code"]) == (401, "INVALID_TOKEN")
+
+
+async def test_issue_token_round_trip(tmp_path: Path, rsa_private: Any) -> None:
+    """issue_token makes tokens the hub accepts with the grants asked for (HS256 and RS256)."""
+    from ssehub.auth import Authenticator
+    from ssehub.tokens import issue_token
+
+    hs = Authenticator(Settings(_env_file=None, jwt_secret=SECRET))
+    grant = await hs.check(issue_token(SECRET, sub="u7", sid="s7", subscribe=["news"], publish=["chat:*"], ttl=60))
+    assert (grant.subject, grant.session, grant.kind) == ("u7", "s7", "jwt")
+    assert grant.can_subscribe("user:u7")
+    assert grant.can_subscribe("session:s7")
+    assert grant.can_subscribe("news")
+    assert grant.can_publish("chat:1")
+    assert not grant.admin
+    assert grant.expires_at is not None
+    assert time.time() + 50 < grant.expires_at < time.time() + 70
+    rs = Authenticator(Settings(_env_file=None, jwt_public_key_file=write_public_key(tmp_path / "k.pem", rsa_private)))
+    assert (await rs.check(issue_token(rsa_private, sub="u8", algorithm="RS256", admin=True))).admin
+
+
+async def test_verified_tokens_are_remembered_until_they_expire() -> None:
+    """A token that verified is accepted again without a new check until its exp; then it is refused as expired."""
+    from ssehub.auth import Authenticator
+
+    auth = Authenticator(Settings(_env_file=None, jwt_secret=SECRET, jwt_leeway=0))
+    jwt_text = token(sub="u9", exp_in=2)
+    first = await auth.check(jwt_text)
+    assert await auth.check(jwt_text) is first  # remembered: the same grant object
+    with pytest.raises(AuthenticationError) as tampered:
+        await auth.check(_payload_swap(jwt_text, sub="u10"))
+    assert tampered.value.code == "INVALID_TOKEN"
+    assert first.expires_at is not None
+    await asyncio.sleep(max(0.0, first.expires_at - time.time()) + 0.2)
+    with pytest.raises(AuthenticationError) as expired:
+        await auth.check(jwt_text)
+    assert expired.value.code == "TOKEN_EXPIRED"

@@ -97,7 +97,7 @@ async def test_token_expiry_ends_stream_and_fresh_token_resumes(
     """A stream ends cleanly (after a token_expired event) when its token expires; a fresh token resumes it
     with nothing lost, and the expired one is refused."""
     server = start_server(**AUTH_SETTINGS)
-    short = token(sub="alice", sid="s-alice", exp_in=3)
+    short = token(sub="alice", sid="s-alice", exp_in=5)  # margin for a busy machine to open the stream first
     async with open_stream(client, _url(server, "alice", short), timeout=10) as stream:
         assert stream.response.status_code == 200
         await stream.next_event()
