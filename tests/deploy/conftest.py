@@ -91,6 +91,13 @@ def quiet_upstream() -> Iterator[Upstream]:
         yield served
 
 
+@pytest.fixture(scope="package")
+def brief_upstream() -> Iterator[Upstream]:
+    """A hub whose streams end after 1.5 s, so that browsers reconnect (and resume) through the proxies."""
+    with _upstream(HEARTBEAT, connection_timeout=1.5) as served:
+        yield served
+
+
 #: The one API key of :func:`secured_upstream` (subscribe and publish on every channel).
 API_KEY = "proxy-tests-key-8c1d0f2b9e"
 

@@ -2,7 +2,8 @@
 
 The page opens eight EventSources at once. Over HTTP/1.1 a browser allows six connections per origin, so two
 would wait; over HTTP/2 all eight share one connection. The control loads the same page from the hub directly
-(HTTP/1.1) and sees exactly six open.
+(HTTP/1.1) and sees exactly six open. A stream that ssehub ends is reopened by Chromium through the proxy with
+Last-Event-ID, and resumes with nothing missed.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.deploy.conftest import Upstream, publish
-from tests.deploy.proxies import Proxy
+from tests.deploy.conftest import ProxyFactory, Upstream, publish
+from tests.deploy.proxies import KINDS, Proxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.proxy, pytest.mark.browser]
 
@@ -76,6 +77,32 @@ async def test_chromium_eventsources_over_http2_through_proxy(
     assert {note["id"] for note in notes} == {event_id}
     assert all(note["data"] == {"hello": proxy.kind} for note in notes)
     assert await page.evaluate("window.errors") == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_chromium_reconnects_through_proxy_and_resumes(
+    kind: str, proxies: ProxyFactory, brief_upstream: Upstream, direct: httpx.AsyncClient, browser: Any
+) -> None:
+    """When ssehub ends a stream, Chromium reconnects through the proxy with Last-Event-ID and misses nothing."""
+    proxy = proxies(kind, "same-origin", to=brief_upstream)
+    channel = f"proxy.{kind}:reconnect"
+    page = await browser.new_page()
+    await page.goto(f"{proxy.https_url}/?streams=1&channel={channel}")
+    await _wait(page, "log.some(e => e.type === 'connected')")
+    live = [await publish(direct, brief_upstream.api, channel, {"n": n}) for n in range(2)]
+    await _wait(page, "log.filter(e => e.type === 'note').length >= 2")
+    # ssehub ends the stream (connection_timeout 1.5 s); the browser reports an error and reconnects after
+    # `retry` (500 ms) with Last-Event-ID. Publish inside that gap.
+    await _wait(page, "window.errors >= 1")
+    missed = [await publish(direct, brief_upstream.api, channel, {"n": n}) for n in range(2, 4)]
+    await _wait(page, "log.filter(e => e.type === 'note').length >= 4")
+    log = await page.evaluate("log")
+    notes = [entry for entry in log if entry["type"] == "note"]
+    assert [entry["id"] for entry in notes[:4]] == live + missed
+    assert [entry["data"]["n"] for entry in notes[:4]] == [0, 1, 2, 3]
+    connects = [entry["data"] for entry in log if entry["type"] == "connected"]
+    assert connects[0]["resumed"] is False
+    assert connects[1]["resumed"] is True
 
 
 async def test_chromium_over_http11_opens_only_six(upstream: Upstream, browser: Any) -> None:

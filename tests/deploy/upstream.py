@@ -29,7 +29,7 @@ const count = Number(params.get("streams") || "8");
 window.sources = [];
 for (let i = 0; i < count; i++) {
   const source = new EventSource(`${api}/stream?channels=${channel}`, {withCredentials: params.has("credentials")});
-  source.addEventListener("connected", (e) => log.push({stream: i, type: "connected"}));
+  source.addEventListener("connected", (e) => log.push({stream: i, type: "connected", data: JSON.parse(e.data)}));
   source.addEventListener("note", (e) => {
     log.push({stream: i, type: "note", id: e.lastEventId, data: JSON.parse(e.data)});
   });
