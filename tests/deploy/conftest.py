@@ -77,10 +77,18 @@ def _upstream(heartbeat: float, **settings: Any) -> Iterator[Upstream]:
         yield Upstream(url, url.removeprefix("http://"), hub, signals)
 
 
+#: The page origin of the separate-API-host layout, allowed cross-origin by the hub (SSEHUB_ALLOWED_ORIGINS).
+PAGE_ORIGIN = "https://app.example.com"
+
+
 @pytest.fixture(scope="package")
 def upstream() -> Iterator[Upstream]:
-    """The hub every proxy forwards to, heartbeats every 0.5 s."""
-    with _upstream(HEARTBEAT) as served:
+    """The hub every proxy forwards to, heartbeats every 0.5 s, the page origin allowed for CORS.
+
+    (``allowed_origins`` is ssehub's CORS setting; settings ignore names they do not know, so before CORS
+    support is merged the hub simply answers no CORS.)
+    """
+    with _upstream(HEARTBEAT, allowed_origins=[PAGE_ORIGIN]) as served:
         yield served
 
 

@@ -21,6 +21,7 @@ import pytest
 from ssehub.testing import open_stream
 from tests.deploy.conftest import (
     HEARTBEAT,
+    PAGE_ORIGIN,
     PREFIX,
     READ_TIMEOUT,
     ProxyFactory,
@@ -283,3 +284,34 @@ async def test_a_client_trickling_its_headers_is_dropped(kind: str, proxies: Pro
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+#: What a CORS answer consists of, besides its status and body.
+CORS_HEADERS = (
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-max-age",
+    "vary",
+    "content-type",
+)
+
+
+async def test_preflight_gets_ssehubs_own_answer(
+    api_host_proxy: Proxy, upstream: Upstream, direct: httpx.AsyncClient
+) -> None:
+    """A CORS preflight for a stream gets through the API-host proxy exactly the answer ssehub gives it directly."""
+    proxy = api_host_proxy
+    headers = {
+        "origin": PAGE_ORIGIN,
+        "access-control-request-method": "GET",
+        "access-control-request-headers": "authorization, last-event-id",
+    }
+    expected = await direct.options(f"{upstream.api}/stream", headers=headers)
+    async with proxy_client(proxy) as client:
+        answer = await client.options(f"{proxy.https_url}{PREFIX}/stream", headers=headers)
+    assert answer.status_code == expected.status_code
+    assert answer.content == expected.content
+    for name in CORS_HEADERS:
+        assert answer.headers.get_list(name) == expected.headers.get_list(name), name
