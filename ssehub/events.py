@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from ssehub._uvicorn import chunk
 from ssehub.encoder import encode
@@ -58,6 +58,22 @@ class EventId(NamedTuple):
             )
         return cls(int(match.group(1)), int(match.group(2)))
 
+    def covers(self, event: Event) -> bool:
+        """Whether a client at this position has seen ``event`` already (its id is not greater)."""
+        return event.id <= self
+
+
+class Position(Protocol):
+    """Where a stream stands in its broker's order: what ``Last-Event-ID`` carries and a resume starts from.
+
+    An :class:`EventId` on brokers with one total order; a vector of per-shard ids on Redis Cluster
+    (``ssehub.brokers._shard_ids.ShardVector``). ``str()`` gives the text clients hand back.
+    """
+
+    def covers(self, event: Event) -> bool:
+        """Whether a client at this position has seen ``event`` already."""
+        ...
+
 
 def validate_channel(name: str) -> str:
     """Return ``name`` if it is a valid channel name.
@@ -98,7 +114,7 @@ def dump_json(data: Any) -> str:
     try:
         text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         text.encode("utf-8")
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python recurses
         raise InvalidValueError(f"data is not valid JSON: {exc}", "INVALID_DATA") from exc
     return text
 

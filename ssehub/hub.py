@@ -30,7 +30,7 @@ from ssehub.auth import Authenticator
 from ssehub.brokers import Broker, create_broker
 from ssehub.connection import Connection, select_writer
 from ssehub.encoder import encode
-from ssehub.events import Event, EventId, dump_json, validate_channel, validate_event_type
+from ssehub.events import Event, Position, dump_json, validate_channel, validate_event_type
 from ssehub.exceptions import (
     ConnectionLimitError,
     HubNotRunningError,
@@ -226,11 +226,11 @@ class Hub:
 
     # -- subscribing ----------------------------------------------------------------------------------------
 
-    def _parse_resume_id(self, last_event_id: str | None) -> EventId | str | None:
+    def _parse_resume_id(self, last_event_id: str | None) -> Position | str | None:
         if last_event_id is None or last_event_id == "":
             return None
         try:
-            return EventId.parse(last_event_id)
+            return self.broker.parse_position(last_event_id)
         except InvalidEventIdError:
             return "invalid"
 
@@ -365,7 +365,7 @@ class Hub:
                     self._broker_channels.discard(name)
                     await self.broker.unsubscribe(name)
 
-    async def _catch_up(self, sub: Subscription, resume_from: EventId | str | None, raw_id: str | None) -> None:
+    async def _catch_up(self, sub: Subscription, resume_from: Position | str | None, raw_id: str | None) -> None:
         """Queue the opening frames; read what the client missed into ``sub.backlog`` (written by ``stream``)."""
         connection = sub.connection
         settings = self.settings
@@ -374,11 +374,12 @@ class Hub:
             "channels": list(sub.channels),
             "heartbeat_interval": settings.heartbeat_interval,
         }
-        if isinstance(resume_from, EventId):
-            history = await self.broker.read_since(
+        cutoff: Position
+        if resume_from is not None and not isinstance(resume_from, str):
+            history = await self.broker.read_after(
                 sub.channels, resume_from, limit=settings.history_size * len(sub.channels)
             )
-            cutoff = history.head
+            cutoff = history.cutoff
             info["resumed"] = not history.expired
             connection.push(encode(dump_json(info), event="connected", id=str(resume_from), retry=settings.retry_ms))
             if history.expired:
@@ -393,7 +394,7 @@ class Hub:
                     if event.channel in channels and (not sub.filters or sub.accepts(event.fields))
                 ]
         else:
-            cutoff = await self.broker.head()
+            cutoff = await self.broker.position()
             info["resumed"] = False
             if resume_from is None:
                 connection.push(encode(dump_json(info), event="connected", id=str(cutoff), retry=settings.retry_ms))
@@ -404,7 +405,7 @@ class Hub:
                 self._push_reset(sub, "invalid_last_event_id", list(sub.channels), cutoff)
         sub.cutoff = cutoff
 
-    def _push_reset(self, sub: Subscription, reason: str, channels: list[str], head: EventId) -> None:
+    def _push_reset(self, sub: Subscription, reason: str, channels: list[str], head: Position) -> None:
         data = dump_json({"reason": reason, "channels": channels})
         sub.connection.push(encode(data, event="reset", id=str(head)))
 

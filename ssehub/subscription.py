@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ssehub._types import Receive
 from ssehub.connection import Connection
-from ssehub.events import Event, EventId, dump_json
+from ssehub.events import Event, EventId, Position, dump_json
 from ssehub.exceptions import InvalidValueError
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 _FILTER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _MAX_FILTERS = 8
 _MAX_FILTER_VALUE = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MISSING = object()
 
 
@@ -56,6 +57,9 @@ def validate_filters(filters: Mapping[str, str]) -> dict[str, str]:
             )
         if len(value) > _MAX_FILTER_VALUE:
             raise InvalidValueError(f"filter {name!r} is longer than {_MAX_FILTER_VALUE} characters", "INVALID_FILTER")
+        if _CONTROL.search(value) is not None:
+            # No data field a filter could match holds these in practice; refusing them keeps logs one line.
+            raise InvalidValueError(f"filter {name!r} contains a control character (CR, LF, NUL...)", "INVALID_FILTER")
     return dict(filters)
 
 
@@ -94,7 +98,7 @@ class Subscription:
         self.pending_bytes = 0
         # Missed events to write once the response has started, and the id after which held events are new.
         self.backlog: list[Event] = []
-        self.cutoff = EventId(0, 0)
+        self.cutoff: Position = EventId(0, 0)
         # Who opened the stream and what it may read (ssehub.grants.Grant), checked once before it opened.
         self.grant: Grant | None = None
 
@@ -127,7 +131,7 @@ class Subscription:
         self.pending = None
         cutoff = self.cutoff
         for event in pending:
-            if event.id > cutoff:
+            if not cutoff.covers(event):
                 connection.push(event.frame, event.chunk)
         # No await since the last held event: the next live event goes straight to the connection.
         if self._on_live is not None and not connection.closed:
