@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from ssehub import Hub, create_app
-from ssehub.testing import SSEMessage, open_stream, running_server
+from ssehub.testing import SSEMessage, free_port, open_stream, running_server
 from tests.conftest import make_settings
 from tests.deploy.proxies import KINDS, LAYOUTS, Proxy, TLSFiles, make_test_ca, start_caddy, start_nginx
 from tests.deploy.upstream import PAGE, with_echo
@@ -77,19 +77,42 @@ def _upstream(heartbeat: float, **settings: Any) -> Iterator[Upstream]:
         yield Upstream(url, url.removeprefix("http://"), hub, signals)
 
 
-#: The page origin of the separate-API-host layout, allowed cross-origin by the hub (SSEHUB_ALLOWED_ORIGINS).
-PAGE_ORIGIN = "https://app.example.com"
+@pytest.fixture(scope="package")
+def page_port() -> int:
+    """The HTTPS port of :func:`page_host`, chosen first: its origin is configured in the hub."""
+    return free_port()
 
 
 @pytest.fixture(scope="package")
-def upstream() -> Iterator[Upstream]:
-    """The hub every proxy forwards to, heartbeats every 0.5 s, the page origin allowed for CORS.
+def page_origin(page_port: int) -> str:
+    """The origin of the page that streams cross-origin from the API host (allowed by the hub)."""
+    return f"https://localhost:{page_port}"
 
-    (``allowed_origins`` is ssehub's CORS setting; settings ignore names they do not know, so before CORS
-    support is merged the hub simply answers no CORS.)
-    """
-    with _upstream(HEARTBEAT, allowed_origins=[PAGE_ORIGIN]) as served:
+
+@pytest.fixture(scope="package")
+def upstream(page_origin: str) -> Iterator[Upstream]:
+    """The hub every proxy forwards to: heartbeats every 0.5 s, ``page_origin`` allowed for CORS."""
+    with _upstream(HEARTBEAT, allowed_origins=[page_origin]) as served:
         yield served
+
+
+@pytest.fixture(scope="package")
+def page_host(
+    tmp_path_factory: pytest.TempPathFactory, page_port: int, upstream: Upstream, tls_files: TLSFiles, site_root: Path
+) -> Iterator[Proxy]:
+    """Where the cross-origin page lives: nginx's one-origin file on ``page_port`` (its API is not used)."""
+    proxy = start_nginx(
+        tmp_path_factory.mktemp("page-host"),
+        "same-origin",
+        upstream.address,
+        tls_files,
+        site_root,
+        https_port=page_port,
+    )
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
 
 
 @pytest.fixture(scope="package")

@@ -21,7 +21,6 @@ import pytest
 from ssehub.testing import open_stream
 from tests.deploy.conftest import (
     HEARTBEAT,
-    PAGE_ORIGIN,
     PREFIX,
     READ_TIMEOUT,
     ProxyFactory,
@@ -299,18 +298,20 @@ CORS_HEADERS = (
 
 
 async def test_preflight_gets_ssehubs_own_answer(
-    api_host_proxy: Proxy, upstream: Upstream, direct: httpx.AsyncClient
+    api_host_proxy: Proxy, upstream: Upstream, direct: httpx.AsyncClient, page_origin: str
 ) -> None:
-    """A CORS preflight for a stream gets through the API-host proxy exactly the answer ssehub gives it directly."""
+    """A CORS preflight for a stream gets through the API-host proxy exactly ssehub's own answer: 204, the origin."""
     proxy = api_host_proxy
     headers = {
-        "origin": PAGE_ORIGIN,
+        "origin": page_origin,
         "access-control-request-method": "GET",
         "access-control-request-headers": "authorization, last-event-id",
     }
     expected = await direct.options(f"{upstream.api}/stream", headers=headers)
     async with proxy_client(proxy) as client:
         answer = await client.options(f"{proxy.https_url}{PREFIX}/stream", headers=headers)
+    assert expected.status_code == 204
+    assert expected.headers.get_list("access-control-allow-origin") == [page_origin]
     assert answer.status_code == expected.status_code
     assert answer.content == expected.content
     for name in CORS_HEADERS:
