@@ -23,7 +23,9 @@ from ssehub.encoder import encode
 from ssehub.exceptions import InvalidEventIdError, InvalidValueError
 
 #: A channel name: starts with a letter or digit, then letters, digits and ``_ . : -``; at most 128 characters.
-#: Commas separate channels in query strings and are therefore not allowed.
+#: Commas separate channels in query strings and are therefore not allowed. Per-user and per-session channels
+#: (``user:<sub>``, ``session:<sid>``, see ssehub/grants.py) follow the same rule: a subject or session id that
+#: would not make a valid name gets no such channel.
 CHANNEL_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}"
 #: An event type: the same alphabet as channels, at most 64 characters.
 EVENT_TYPE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}"
