@@ -36,6 +36,7 @@ from ssehub.exceptions import (
     UnknownChannelError,
 )
 from ssehub.hub import Hub
+from ssehub.metrics import create_metrics
 from ssehub.settings import Settings
 
 logger = logging.getLogger("ssehub.app")
@@ -125,6 +126,7 @@ class StreamEndpoint:
         request = Request(scope, receive)
         hub = self.hub
         if not hub.settings.enable_sse:
+            hub.stats.count_refusal("SSE_DISABLED")
             response = error_response(503, "SSE_DISABLED", "server-sent events are disabled (SSEHUB_ENABLE_SSE)")
             await response(scope, receive, send)
             return
@@ -132,7 +134,9 @@ class StreamEndpoint:
             channels, filters, last_event_id = self._request_args(request)
             sub = await hub.open(channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope)
         except _HUB_ERRORS as exc:
-            await _error_for(exc)(scope, receive, send)
+            response = _error_for(exc)
+            hub.stats.count_refusal(json.loads(bytes(response.body))["code"])
+            await response(scope, receive, send)
             return
         del request  # nothing of the request is needed while the stream lives
         try:
@@ -268,15 +272,17 @@ class App:
         self.hub = hub
         self.api = API(hub)
         self._prefix = hub.settings.prefix
+        self.metrics = metrics = create_metrics(hub)  # at /metrics, outside the prefix a proxy forwards
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
-            async with hub:
+            async with hub, metrics or contextlib.nullcontext():
                 yield
 
-        self._starlette = Starlette(
-            routes=[Mount(self._prefix, app=self.api)], lifespan=lifespan, exception_handlers=_EXCEPTION_HANDLERS
-        )
+        routes: list[Route | Mount] = [Mount(self._prefix, app=self.api)]
+        if metrics is not None:
+            routes.insert(0, Route("/metrics", metrics, methods=["GET", "HEAD"]))
+        self._starlette = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_EXCEPTION_HANDLERS)
         self.state = self._starlette.state
         self.state.hub = hub
 

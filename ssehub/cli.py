@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import urllib.error
 import urllib.request
@@ -16,36 +15,19 @@ from ssehub.settings import Settings
 
 
 class _Server:
-    """Builds the uvicorn server lazily so that importing the CLI costs nothing."""
+    """Imports the server lazily so that importing the CLI costs nothing."""
 
     @staticmethod
-    def run(settings: Settings, workers: int) -> None:
-        import uvicorn
-
-        from ssehub.app import create_app
-
-        common = {
-            "host": settings.host,
-            "port": settings.port,
-            "log_level": settings.log_level,
-            "timeout_graceful_shutdown": 5,
-            "proxy_headers": True,
-        }
+    def run(settings: Settings, workers: int) -> int:
         if workers > 1:
-            # Each worker builds its own app and hub from the environment; the broker connects them.
-            uvicorn.run("ssehub.app:create_app_from_env", factory=True, workers=workers, **common)  # type: ignore[arg-type]
-            return
-        app = create_app(settings)
-        hub = app.state.hub
+            # ssehub's own supervisor: workers get these settings as an argument and end streams gracefully.
+            from ssehub._supervisor import Supervisor
 
-        class Server(uvicorn.Server):
-            async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-                # Streams never finish on their own: end them first so uvicorn's wait for requests is short
-                # and clients reconnect (to another node, or to this one when it is back) and resume.
-                hub.end_streams()
-                await super().shutdown(sockets)
+            return Supervisor(settings, workers).run()
+        from ssehub._server import serve
 
-        Server(uvicorn.Config(app, **common)).run()  # type: ignore[arg-type]
+        serve(settings)
+        return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -66,14 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.host is not None or args.port is not None:
-        # Worker processes read the environment: pass the overrides on.
-        import os
-
-        os.environ["SSEHUB_HOST"] = settings.host
-        os.environ["SSEHUB_PORT"] = str(settings.port)
-    _Server.run(settings, args.workers)
-    return 0
+    return _Server.run(settings, args.workers)
 
 
 def _publish(args: argparse.Namespace) -> int:

@@ -80,10 +80,14 @@ class Connection:
         "_started",
         "_waiter",
         "_writer",
+        "bytes_sent",
+        "client",
         "close_reason",
         "closed",
         "deadline",
+        "frames_sent",
         "id",
+        "opened_at",
     )
 
     def __init__(
@@ -111,6 +115,12 @@ class Connection:
         self._started = False
         self.closed = False
         self.close_reason: CloseReason | None = None
+        # Counted per write (one per flush, never per event) for metrics and the stream's log line; set by
+        # HubStats when the stream opens: loop time, and the ASGI client address.
+        self.frames_sent = 0
+        self.bytes_sent = 0
+        self.opened_at = 0.0
+        self.client: Any = None
 
     @property
     def direct(self) -> bool:
@@ -165,6 +175,8 @@ class Connection:
             self._writer = asyncio.get_running_loop().create_task(self._drain_then_write())
             return
         data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
+        self.frames_sent += len(buffer)
+        self.bytes_sent += len(data)
         buffer.clear()
         self._buffered = 0
         cycle.transport.write(data)
@@ -194,6 +206,8 @@ class Connection:
                     await cycle.flow.drain()
                     continue
                 data = b"".join(self._buffer)
+                self.frames_sent += len(self._buffer)
+                self.bytes_sent += len(data)
                 self._buffer.clear()
                 self._buffered = 0
                 cycle.transport.write(data)
@@ -209,6 +223,8 @@ class Connection:
         while True:
             if buffer:
                 body = buffer[0] if len(buffer) == 1 else b"".join(buffer)
+                self.frames_sent += len(buffer)
+                self.bytes_sent += len(body)
                 buffer.clear()
                 self._buffered = 0
                 self._notify_drained()

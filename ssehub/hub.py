@@ -37,6 +37,7 @@ from ssehub.exceptions import (
     UnknownChannelError,
 )
 from ssehub.settings import Settings
+from ssehub.stats import HubStats, OpenMode
 from ssehub.subscription import MISSING, ChannelIndex, Subscription, filter_key, validate_filters
 
 logger = logging.getLogger("ssehub.hub")
@@ -67,6 +68,8 @@ class Hub:
         self._flush_scheduled = False
         self._next_flush_at = 0.0
         self._running = False
+        self._oldest_ms = 0  # id time of the oldest event since the last flush: one latency sample per flush
+        self.stats = HubStats(self._connections)
         patterns = self.settings.channels
         self._allow_all = "*" in patterns
         self._patterns = [re.compile(fnmatch.translate(p)) for p in patterns]
@@ -146,16 +149,21 @@ class Hub:
             raise InvalidValueError(f"data is larger than {self.settings.max_payload_bytes} bytes", "PAYLOAD_TOO_LARGE")
         if not self._running:
             raise HubNotRunningError("the hub is not running")
-        return await self.broker.publish(channel, event, text)
+        published = await self.broker.publish(channel, event, text)
+        self.stats.published += 1
+        return published
 
     # -- fan-out --------------------------------------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
         """The broker's callback: hand the event's bytes to every matching subscription. Never awaits."""
+        stats = self.stats
+        stats.received += 1
         index = self._index.get(event.channel)
         if index is None:
             return
         if index.plain:
+            stats.delivered += len(index.plain)
             frame = event.frame
             framed = event.chunk
             for sub in index.plain:
@@ -169,9 +177,14 @@ class Hub:
                 key = filter_key(fields.get(name, MISSING))
                 subs = by_value.get(key) if key is not None else None
                 if subs:
+                    stats.delivered += len(subs)
                     for sub in subs:
                         if sub.rest is None or sub.accepts(fields):
                             sub.hold(event)
+                        else:
+                            stats.delivered -= 1  # only rejected ones pay: counted per event, not per delivery
+        if self._flush_scheduled and not self._oldest_ms:
+            self._oldest_ms = event.id.ms
 
     def _on_gap(self, channels: Sequence[str]) -> None:
         """The broker lost live events of ``channels`` that history no longer holds: end those streams.
@@ -179,6 +192,7 @@ class Hub:
         Their clients reconnect with their last id, which is then older than the history: they get a reset.
         """
         logger.warning("live delivery lost events on %s; ending their streams so clients resync", list(channels))
+        self.stats.gaps += len(channels)
         for name in channels:
             index = self._index.get(name)
             if index is None:
@@ -214,6 +228,9 @@ class Hub:
             connection.flush()
         ended = loop.time()
         self._next_flush_at = ended + min(ended - started, _MAX_FLUSH_DELAY)
+        if self._oldest_ms:
+            self.stats.observe_flush(self._oldest_ms)
+            self._oldest_ms = 0
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval
@@ -328,11 +345,12 @@ class Hub:
             index.add(sub)
         try:
             await self._acquire_broker_channels(unique)
-            await self._catch_up(sub, resume_from, last_event_id)
+            mode = await self._catch_up(sub, resume_from, last_event_id)
         except BaseException:
             self.release(sub)
             raise
         self._connections[connection] = None
+        self.stats.stream_opened(sub, scope, mode)
         return sub
 
     def release(self, sub: Subscription) -> None:
@@ -340,6 +358,7 @@ class Hub:
         connection = sub.connection
         self._connections.pop(connection, None)
         connection.close("shutdown")
+        self.stats.stream_closed(sub)
         for name in sub.channels:
             index = self._index[name]
             index.remove(sub)
@@ -367,8 +386,11 @@ class Hub:
                     self._broker_channels.discard(name)
                     await self.broker.unsubscribe(name)
 
-    async def _catch_up(self, sub: Subscription, resume_from: EventId | str | None, raw_id: str | None) -> None:
-        """Queue the opening frames; read what the client missed into ``sub.backlog`` (written by ``stream``)."""
+    async def _catch_up(self, sub: Subscription, resume_from: EventId | str | None, raw_id: str | None) -> OpenMode:
+        """Queue the opening frames; read what the client missed into ``sub.backlog`` (written by ``stream``).
+
+        Returns how the stream starts: ``new``, ``resumed`` or ``reset``.
+        """
         connection = sub.connection
         settings = self.settings
         info: dict[str, Any] = {
@@ -383,6 +405,7 @@ class Hub:
             cutoff = history.head
             info["resumed"] = not history.expired
             connection.push(encode(dump_json(info), event="connected", id=str(resume_from), retry=settings.retry_ms))
+            mode: OpenMode = "reset" if history.expired else "resumed"
             if history.expired:
                 self._push_reset(sub, "history_expired", history.expired, cutoff)
             elif sub.filters:
@@ -392,6 +415,7 @@ class Hub:
         else:
             cutoff = await self.broker.head()
             info["resumed"] = False
+            mode = "new" if resume_from is None else "reset"
             if resume_from is None:
                 connection.push(encode(dump_json(info), event="connected", id=str(cutoff), retry=settings.retry_ms))
             else:
@@ -400,9 +424,14 @@ class Hub:
                 connection.push(encode(dump_json(info), event="connected", retry=settings.retry_ms))
                 self._push_reset(sub, "invalid_last_event_id", list(sub.channels), cutoff)
         sub.cutoff = cutoff
+        if mode == "resumed":
+            self.stats.resumes += 1
+            self.stats.replayed += len(sub.backlog)
+        return mode
 
     def _push_reset(self, sub: Subscription, reason: str, channels: list[str], head: EventId) -> None:
         data = dump_json({"reason": reason, "channels": channels})
+        self.stats.count_reset(reason)
         sub.connection.push(encode(data, event="reset", id=str(head)))
 
     # -- introspection --------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ssehub.events import validate_channel
@@ -69,6 +69,23 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of `ssehub serve`."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`text`, or `json`: one JSON object per line (see docs/operations.md)."
+    )
+    shutdown_grace: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds streams get on SIGTERM to end and write what is queued; the process exits at most 2 s "
+        "later, whatever is left (see docs/operations.md).",
+    )
+    metrics: Literal["public", "token", "off"] = Field(
+        "public",
+        description="Prometheus metrics at `/metrics`: `public`, `token` (needs `Authorization: Bearer` with "
+        "SSEHUB_METRICS_TOKEN) or `off`.",
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="The bearer token `/metrics` requires when SSEHUB_METRICS=token (at least 16 characters)."
+    )
 
     _split = field_validator("channels", "default_channels", mode="before")(_split_csv)
 
@@ -101,4 +118,6 @@ class Settings(BaseSettings):
     def _check_timing(self) -> Settings:
         if self.heartbeat_interval >= self.connection_timeout:
             raise ValueError("heartbeat_interval must be shorter than connection_timeout")
+        if self.metrics == "token" and len(self.metrics_token.get_secret_value() if self.metrics_token else "") < 16:
+            raise ValueError("metrics=token needs metrics_token (SSEHUB_METRICS_TOKEN) of at least 16 characters")
         return self
