@@ -17,6 +17,9 @@ import httpx
 
 from ssehub.testing import free_port
 
+#: The checkout these tests belong to: served processes import ssehub from it, whatever is installed.
+ROOT = Path(__file__).resolve().parent.parent
+
 
 @dataclass
 class ServeProcess:
@@ -56,6 +59,7 @@ def clean_env(tmp_path: Path, **settings: str) -> dict[str, str]:
     """The environment for a served process: no SSEHUB_* from outside, temp files under ``tmp_path``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SSEHUB_", "PROMETHEUS_"))}
     env["TMPDIR"] = str(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(settings)
     return env
 
