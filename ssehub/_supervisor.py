@@ -157,10 +157,10 @@ class Supervisor:
             if self._stop_signal is not None:
                 break
             for handle in ready:
-                if handle == self._wakeup_r or not isinstance(handle, int):
+                if handle == self._wakeup_r:
                     os.read(self._wakeup_r, 64)
                     continue
-                slot = sentinels[handle]
+                slot = sentinels[handle]  # type: ignore[index]  # only ints were waited on
                 process = self._processes.pop(slot)
                 process.join()
                 self._mark_dead(process.pid)

@@ -65,7 +65,7 @@ def clean_env(tmp_path: Path, **settings: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def serve_process(tmp_path: Path, *, workers: int = 1, **settings: str) -> Iterator[ServeProcess]:
+def serve_process(tmp_path: Path, workers: int = 1, /, **settings: str) -> Iterator[ServeProcess]:
     """Start ``python -m ssehub serve`` with ``settings`` (``SSEHUB_*`` names) and wait until /health answers 200.
 
     The process is stopped (SIGTERM, then SIGKILL) at the end if the test has not stopped it.

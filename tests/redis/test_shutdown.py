@@ -34,7 +34,7 @@ async def test_sigterm_mid_publishing_then_resume_on_another_node_loses_nothing(
     every published event exactly once, in order."""
     common = {"SSEHUB_BROKER_URL": redis_server.url, "SSEHUB_LOG_LEVEL": "warning", "SSEHUB_MAX_CONNECTIONS": "2000"}
     with (
-        serve_process(tmp_path, workers=workers, SSEHUB_SHUTDOWN_GRACE=str(GRACE), **common) as node_a,
+        serve_process(tmp_path, workers, SSEHUB_SHUTDOWN_GRACE=str(GRACE), **common) as node_a,
         serve_process(tmp_path, **common) as node_b,
     ):
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
@@ -116,7 +116,7 @@ async def test_metrics_add_up_across_workers_and_their_directory_is_removed(
 ) -> None:
     """With three workers, /metrics (answered by any worker) counts every worker's streams and deliveries; after
     the streams close the open-streams gauge returns to 0; the supervisor removes its metrics directory at exit."""
-    with serve_process(tmp_path, workers=3, SSEHUB_BROKER_URL=redis_server.url, SSEHUB_LOG_LEVEL="warning") as served:
+    with serve_process(tmp_path, 3, SSEHUB_BROKER_URL=redis_server.url, SSEHUB_LOG_LEVEL="warning") as served:
         assert _metrics_dirs(tmp_path)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)  # spread over the workers
         async with httpx.AsyncClient(timeout=10, limits=limits) as client:
@@ -165,7 +165,7 @@ async def test_metrics_add_up_across_workers_and_their_directory_is_removed(
 async def test_supervisor_restarts_a_worker_that_dies(redis_server: RedisServer, tmp_path: Path) -> None:
     """A worker killed with SIGKILL is replaced by a new process; the service keeps serving streams and still shuts
     down cleanly."""
-    with serve_process(tmp_path, workers=2, SSEHUB_BROKER_URL=redis_server.url) as served:
+    with serve_process(tmp_path, 2, SSEHUB_BROKER_URL=redis_server.url) as served:
         async with asyncio.timeout(15):
             while len(served.worker_pids()) < 2:
                 await asyncio.sleep(0.05)
