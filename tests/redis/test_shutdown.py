@@ -186,3 +186,26 @@ async def test_supervisor_restarts_a_worker_that_dies(redis_server: RedisServer,
         log = served.log()
     assert "restarting it" in log
     assert "stopping 2 workers" in log
+
+
+async def test_workers_exit_when_the_supervisor_is_killed(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Workers whose supervisor was killed (SIGKILL, no chance to stop them) shut themselves down."""
+    with serve_process(tmp_path, 2, SSEHUB_BROKER_URL=redis_server.url) as served:
+        async with asyncio.timeout(15):
+            while len(served.worker_pids()) < 2:
+                await asyncio.sleep(0.05)
+        pids = list(served.worker_pids().values())
+        served.process.kill()
+        served.process.wait(10)
+        async with asyncio.timeout(20):
+            while any(_alive(pid) for pid in pids):
+                await asyncio.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid still runs (a zombie, exited but not reaped by init yet, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
