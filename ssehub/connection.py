@@ -160,8 +160,10 @@ class Connection:
     def take(self) -> bytes:
         """Everything queued, as one bytes object, removed from the buffer (writers call this)."""
         buffer = self._buffer
-        data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
-        self.frames_sent += len(buffer)
+        count = len(buffer)
+        data = buffer[0] if count == 1 else b"".join(buffer)
+        # Once per write, never per event: a write carries every frame queued since the last one.
+        self.frames_sent += count
         self.bytes_sent += len(data)
         buffer.clear()
         self._buffered = 0
