@@ -311,6 +311,8 @@ class Hub:
         # The deadline counts from here, so that _connections stays in deadline order (see _timeout_loop).
         connection.deadline = asyncio.get_running_loop().time() + self.settings.connection_timeout
         self._connections[connection] = None
+        if not self._running:
+            connection.close("shutdown")  # shutdown began during the catch-up: end_streams did not see it
         self.stats.stream_opened(sub, scope, mode)
         return sub
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import uvicorn
 
-from ssehub import Hub
+from ssehub import EventId, Hub, MemoryBroker
 from ssehub._server import EXIT_RESERVE, HubServer
 from ssehub.app import create_app
 from ssehub.testing import free_port, open_stream
@@ -134,3 +134,36 @@ async def test_server_shutdown_ends_open_streams_and_returns_promptly() -> None:
             await stream.wait_end(5)
             assert stream.ended
         assert time.monotonic() - started < 5.0
+
+
+class _HeldHeadBroker(MemoryBroker):
+    """The memory broker, with ``head()`` held until the test lets it go (a slow catch-up)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def head(self) -> EventId:
+        self.asked.set()
+        await self.release.wait()
+        return await super().head()
+
+
+async def test_a_stream_still_catching_up_when_shutdown_begins_ends_too() -> None:
+    """A stream whose catch-up was in progress when shutdown began is ended as soon as it opens."""
+    broker = _HeldHeadBroker()
+    hub = Hub(make_settings(), broker=broker)
+    async with hub:
+        opening = asyncio.create_task(hub.open(["a"]))
+        async with asyncio.timeout(5):
+            await broker.asked.wait()
+        hub.end_streams()
+        broker.release.set()
+        async with asyncio.timeout(5):
+            sub = await opening
+        try:
+            assert sub.connection.closed
+            assert sub.connection.close_reason == "shutdown"
+        finally:
+            hub.release(sub)
