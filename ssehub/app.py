@@ -263,6 +263,8 @@ class App:
         self.api = API(hub)
         self._mount = Mount(hub.settings.prefix, app=self.api)
         self.metrics = metrics = create_metrics(hub)  # at /metrics, outside the prefix a proxy forwards
+        # With an empty prefix the API's mount matches every path: /metrics must be looked for first.
+        self._metrics_path = "/metrics" if metrics is not None else None
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -277,7 +279,7 @@ class App:
         self.state.hub = hub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and scope["path"] != self._metrics_path:
             match, child_scope = self._mount.matches(scope)
             if match is Match.FULL:
                 scope.update(child_scope)

@@ -156,3 +156,14 @@ def test_token_mode_needs_a_token() -> None:
     """SSEHUB_METRICS=token without a long enough SSEHUB_METRICS_TOKEN fails when the settings are built."""
     with pytest.raises(ValueError, match="metrics_token"):
         make_settings(metrics="token", metrics_token="short")
+
+
+async def test_metrics_next_to_an_api_at_the_root() -> None:
+    """With an empty SSEHUB_PREFIX the API serves the root and /metrics is still the metrics."""
+    with serving("direct", prefix="") as (base_url, _hub):
+        async with httpx.AsyncClient(timeout=5) as client:
+            metrics = await client.get(f"{base_url}/metrics")
+            health = await client.get(f"{base_url}/health")
+    assert metrics.status_code == 200
+    assert ("ssehub_streams_open", ()) in samples(metrics.text)
+    assert health.status_code == 200
