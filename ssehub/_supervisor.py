@@ -29,6 +29,7 @@ import socket
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -44,6 +45,9 @@ RESTART_WINDOW = 60.0
 #: Seconds, after the grace period, before workers still running are killed (their own watchdog ends them
 #: at grace + 2 s; this is the supervisor's backstop).
 KILL_AFTER = 3.0
+
+#: A worker process's entry point: (settings, listening socket, metrics directory or None, supervisor pid).
+WorkerTarget = Callable[[Settings, socket.socket, str | None, int], None]
 
 
 def _worker(settings: Settings, sock: socket.socket, metrics_dir: str | None, parent_pid: int) -> None:
@@ -63,11 +67,14 @@ class Supervisor:
     Args:
         settings: the configuration every worker uses.
         workers: how many worker processes.
+        target: what a worker process runs, called with (settings, socket, metrics directory, supervisor pid);
+            a module-level function (spawn imports it by name).
     """
 
-    def __init__(self, settings: Settings, workers: int) -> None:
+    def __init__(self, settings: Settings, workers: int, *, target: WorkerTarget | None = None) -> None:
         self.settings = settings
         self.workers = workers
+        self._target = target if target is not None else _worker
         self._context = multiprocessing.get_context("spawn")
         self._processes: dict[int, BaseProcess] = {}  # slot -> process
         self._restarts: deque[float] = deque()
@@ -93,7 +100,7 @@ class Supervisor:
     def _start(self, slot: int) -> None:
         assert self._sock is not None
         process = self._context.Process(
-            target=_worker,
+            target=self._target,
             args=(self.settings, self._sock, self._metrics_dir, os.getpid()),
             name=f"ssehub-worker-{slot}",
         )

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,11 +18,12 @@ import uvicorn
 
 from ssehub import EventId, Hub, MemoryBroker
 from ssehub._server import EXIT_RESERVE, HubServer
+from ssehub._supervisor import MAX_RESTARTS
 from ssehub.app import create_app
 from ssehub.testing import free_port, open_stream
 from tests.conftest import make_settings
 from tests.readers import Reader, read_stream, wait_ready
-from tests.serve_process import serve_process
+from tests.serve_process import ROOT, clean_env, serve_process
 
 pytestmark = pytest.mark.anyio
 
@@ -167,3 +170,22 @@ async def test_a_stream_still_catching_up_when_shutdown_begins_ends_too() -> Non
             assert sub.connection.close_reason == "shutdown"
         finally:
             hub.release(sub)
+
+
+def test_supervisor_gives_up_on_workers_that_keep_crashing(tmp_path: Path) -> None:
+    """Workers that crash at once are restarted a bounded number of times; then the supervisor stops with status 1."""
+    script = (
+        "import sys\n"
+        "from ssehub._supervisor import Supervisor\n"
+        "from ssehub.settings import Settings\n"
+        "from tests.supervised import crash_at_start\n"
+        "settings = Settings(_env_file=None, port=0, broker_url='redis://127.0.0.1:1/0')\n"
+        "sys.exit(Supervisor(settings, 2, target=crash_at_start).run())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=clean_env(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("restarting it") == MAX_RESTARTS
+    assert "stopping" in result.stderr
+    assert not list(tmp_path.glob("ssehub-metrics-*"))
