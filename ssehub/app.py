@@ -299,7 +299,7 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> A
 
 
 def create_app_from_env() -> App:
-    """Factory for ``uvicorn --factory`` and worker processes: settings from the environment."""
+    """Factory for ``uvicorn --factory``: settings from the environment (ssehub's own workers get theirs passed)."""
     return create_app(Settings())
 
 
