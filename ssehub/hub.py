@@ -51,6 +51,9 @@ class Hub:
     Args:
         settings: configuration; read from the environment when omitted.
         broker: the broker to use; built from ``settings.broker_url`` when omitted.
+
+    Attributes:
+        stats: the hub's counters (:class:`ssehub.stats.HubStats`), read by ``/metrics``.
     """
 
     def __init__(self, settings: Settings | None = None, *, broker: Broker | None = None) -> None:
