@@ -3,8 +3,9 @@
 What a line may carry is decided here, field by field: the stream lines carry the connection id, channels,
 client address, duration, events and bytes written and the close reason, and nothing read from request headers
 or the query string, so a token, cookie or ``Authorization`` value can never reach a log. uvicorn's access
-log goes through :class:`AccessFilter`, which drops the query string (where a ``token`` parameter would be)
-and keeps method, path, status and client.
+log goes through :class:`AccessFilter`, which redacts a ``token`` in the query string
+(:func:`ssehub.redact.redact`) and keeps method, path, status and client; every handler also carries
+:class:`ssehub.redact.RedactTokenFilter`, for any other line that might quote a URL.
 
 :func:`logging_config` is the ``logging.config.dictConfig`` that ``ssehub serve`` hands to uvicorn (so every
 worker process applies it) and applies in the worker supervisor.
@@ -18,6 +19,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from ssehub.redact import RedactTokenFilter, redact
 from ssehub.settings import Settings
 
 #: The logger of the per-stream lines; silence them alone with ``logging.getLogger("ssehub.streams")``.
@@ -72,13 +74,13 @@ def log_stream_closed(
 
 
 class AccessFilter(logging.Filter):
-    """Rewrites uvicorn's access records: the path without its query string, and explicit fields."""
+    """Rewrites uvicorn's access records: the path with any query-string token redacted, and explicit fields."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) == 5:
             client, method, full_path, http_version, status = args
-            path = str(full_path).split("?", 1)[0]
+            path = redact(str(full_path))
             record.args = (client, method, path, http_version, status)
             fields = {"event": "http_request", "client": client, "method": method, "path": path, "status": status}
             setattr(record, FIELDS, fields)
@@ -136,8 +138,14 @@ def logging_config(settings: Settings) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": {"()": f"{formatter.__module__}.{formatter.__qualname__}"}},
-        "filters": {"access": {"()": f"{AccessFilter.__module__}.{AccessFilter.__qualname__}"}},
-        "handlers": {"default": handler, "access": {**handler, "filters": ["access"]}},
+        "filters": {
+            "access": {"()": f"{AccessFilter.__module__}.{AccessFilter.__qualname__}"},
+            "redact": {"()": f"{RedactTokenFilter.__module__}.{RedactTokenFilter.__qualname__}"},
+        },
+        "handlers": {
+            "default": {**handler, "filters": ["redact"]},
+            "access": {**handler, "filters": ["access", "redact"]},
+        },
         "loggers": {
             "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
             "uvicorn.error": {"level": level},

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a hub, served at ``/metrics`` (``SSEHUB_METRICS``: public, token, off).
+"""Prometheus metrics of a hub, served at ``/metrics`` (``SSEHUB_METRICS``: public, admin, off).
 
 The hub keeps plain integer counters (:class:`ssehub.stats.HubStats`); nothing here runs per event. This
 module copies them into prometheus-client metrics when they are read:
@@ -19,12 +19,13 @@ Embedding the API in your own app: route ``/metrics`` to ``Metrics(hub)`` (an AS
 from __future__ import annotations
 
 import asyncio
-import hmac
 from typing import TYPE_CHECKING, Any
 
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ssehub._types import Receive, Scope, Send
+from ssehub.exceptions import AuthenticationError, AuthUnavailableError
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -42,15 +43,14 @@ class Metrics:
     in multiprocess mode, copies the counters to the shared directory while it runs.
 
     Args:
-        hub: the hub whose counters are exposed; ``hub.settings.metrics`` and ``metrics_token`` decide access.
+        hub: the hub whose counters are exposed; ``hub.settings.metrics`` decides who may read them.
     """
 
     def __init__(self, hub: Hub) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
         self.hub = hub
-        token = hub.settings.metrics_token
-        self._token = token.get_secret_value().encode() if hub.settings.metrics == "token" and token else None
+        self._admin_only = hub.settings.metrics == "admin"
         # prometheus-client picks its value store once, when imported: shared files when PROMETHEUS_MULTIPROC_DIR
         # was set, in-process values otherwise. Follow its choice rather than guess it.
         self.multiprocess = values.ValueClass is not values.MutexValue
@@ -158,31 +158,40 @@ class Metrics:
 
     # -- HTTP ------------------------------------------------------------------------------------------------
 
-    def _authorized(self, scope: Scope) -> bool:
-        if self._token is None:
-            return True
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                return hmac.compare_digest(value, b"Bearer " + self._token)
-        return False
+    async def _refusal(self, scope: Scope) -> Response | None:
+        """With ``SSEHUB_METRICS=admin``: the error answer for a request without admin credentials, else None."""
+        if not self._admin_only:
+            return None
+        try:
+            # Headers only: a credential in the query string would end up in access logs and proxies' logs.
+            grant = await self.hub.auth.authenticate(Request(scope), query=False, cookie=False)
+        except AuthenticationError as exc:
+            return _error(401, exc.code, str(exc), {"WWW-Authenticate": 'Bearer realm="ssehub"'})
+        except AuthUnavailableError as exc:
+            return _error(503, "AUTH_UNAVAILABLE", str(exc), {"Retry-After": "5"})
+        if grant.admin:
+            return None
+        if grant.kind == "anonymous":
+            message = "metrics need credentials with the admin scope (Authorization: Bearer)"
+            return _error(401, "UNAUTHORIZED", message, {"WWW-Authenticate": 'Bearer realm="ssehub"'})
+        return _error(403, "FORBIDDEN", "these credentials may not read metrics (no admin scope)")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response: Response
+        response: Response | None
         if scope.get("method") not in ("GET", "HEAD"):
-            response = JSONResponse(
-                {"error": "use GET", "code": "METHOD_NOT_ALLOWED"}, status_code=405, headers={"Allow": "GET, HEAD"}
-            )
-        elif not self._authorized(scope):
-            response = JSONResponse(
-                {"error": "metrics need Authorization: Bearer <SSEHUB_METRICS_TOKEN>", "code": "UNAUTHORIZED"},
-                status_code=401,
-                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
-            )
+            response = _error(405, "METHOD_NOT_ALLOWED", "use GET", {"Allow": "GET, HEAD"})
         else:
+            response = await self._refusal(scope)
+        if response is None:
             from prometheus_client import CONTENT_TYPE_LATEST
 
             response = Response(self.render(), media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
         await response(scope, receive, send)
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    """ssehub's error shape (as ``ssehub.app.error_response``, which this module cannot import: app imports it)."""
+    return JSONResponse({"error": message, "code": code}, status_code=status, headers=headers)
 
 
 def create_metrics(hub: Hub) -> Metrics | None:

@@ -52,7 +52,7 @@ def test_json_log_lines_for_streams_carry_fields_and_no_secrets(tmp_path: Path) 
     assert closed[0]["bytes_sent"] >= len(first)
     access = [line for line in lines if line.get("event") == "http_request" and "/stream" in line["path"]]
     assert access
-    assert access[0]["path"] == "/api/v1/events/stream"  # the query string (a token's place) is dropped
+    assert access[0]["path"] == "/api/v1/events/stream?channels=jobs:1,jobs:2&token=[redacted]"
     for secret in SECRETS:
         assert secret not in log
 

@@ -16,6 +16,7 @@ from starlette.routing import Mount, Route
 from ssehub import Hub, create_api, create_app
 from ssehub.metrics import Metrics
 from ssehub.testing import open_stream, running_server
+from tests.auth_helpers import KEY_ADMIN, KEY_SUBSCRIBE
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.anyio
@@ -134,28 +135,31 @@ async def test_slow_subscriber_disconnects_are_counted() -> None:
     assert found[("ssehub_streams_closed_total", (("reason", "overflow"),))] == 1
 
 
-async def test_metrics_token_and_off() -> None:
-    """SSEHUB_METRICS=token answers 401 without the right bearer token and 200 with it; off serves no /metrics."""
-    token = "t0k3n-for-prometheus-only"
-    with serving("direct", metrics="token", metrics_token=token) as (base_url, _hub):
+async def test_metrics_admin_only_and_off() -> None:
+    """SSEHUB_METRICS=admin answers 401 without credentials or with a bad key, 403 to a key without the admin
+    scope, 200 to an admin key; off serves no /metrics."""
+    keys = [
+        {"key": KEY_ADMIN, "scopes": ["admin"], "channels": [], "name": "prometheus"},
+        {"key": KEY_SUBSCRIBE, "scopes": ["subscribe"], "channels": ["*"], "name": "reader"},
+    ]
+    with serving("direct", metrics="admin", api_keys=keys) as (base_url, _hub):
         async with httpx.AsyncClient(timeout=5) as client:
-            missing = await client.get(f"{base_url}/metrics")
-            wrong = await client.get(f"{base_url}/metrics", headers={"Authorization": "Bearer nope"})
-            right = await client.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {token}"})
-    assert missing.status_code == wrong.status_code == 401
+            url = f"{base_url}/metrics"
+            missing = await client.get(url)
+            wrong = await client.get(url, headers={"Authorization": "Bearer not-a-key-0123456789"})
+            reader = await client.get(url, headers={"Authorization": f"Bearer {KEY_SUBSCRIBE}"})
+            in_query = await client.get(url, params={"token": KEY_ADMIN})  # never read from the query here
+            admin = await client.get(url, headers={"Authorization": f"Bearer {KEY_ADMIN}"})
+    assert missing.status_code == wrong.status_code == in_query.status_code == 401
     assert missing.json()["code"] == "UNAUTHORIZED"
     assert missing.headers["www-authenticate"].startswith("Bearer")
-    assert right.status_code == 200
-    assert ("ssehub_streams_open", ()) in samples(right.text)
+    assert reader.status_code == 403
+    assert reader.json()["code"] == "FORBIDDEN"
+    assert admin.status_code == 200
+    assert ("ssehub_streams_open", ()) in samples(admin.text)
     with serving("direct", metrics="off") as (base_url, _hub):
         async with httpx.AsyncClient(timeout=5) as client:
             assert (await client.get(f"{base_url}/metrics")).status_code == 404
-
-
-def test_token_mode_needs_a_token() -> None:
-    """SSEHUB_METRICS=token without a long enough SSEHUB_METRICS_TOKEN fails when the settings are built."""
-    with pytest.raises(ValueError, match="metrics_token"):
-        make_settings(metrics="token", metrics_token="short")
 
 
 async def test_metrics_next_to_an_api_at_the_root() -> None:
