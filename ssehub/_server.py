@@ -21,6 +21,7 @@ from typing import Any
 import uvicorn
 
 from ssehub.app import create_app
+from ssehub.guard import uvicorn_options
 from ssehub.hub import Hub
 from ssehub.logs import logging_config
 from ssehub.settings import Settings
@@ -40,7 +41,8 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         log_config=logging_config(settings),
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.shutdown_grace,  # type: ignore[arg-type]  # a float works; typed int
-        proxy_headers=True,
+        # Head timeout and size, lingering close, and proxy trust from SSEHUB_TRUSTED_PROXIES.
+        **uvicorn_options(settings),
     )
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 _FILTER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _MAX_FILTERS = 8
 _MAX_FILTER_VALUE = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MISSING = object()
 
 
@@ -56,6 +57,9 @@ def validate_filters(filters: Mapping[str, str]) -> dict[str, str]:
             )
         if len(value) > _MAX_FILTER_VALUE:
             raise InvalidValueError(f"filter {name!r} is longer than {_MAX_FILTER_VALUE} characters", "INVALID_FILTER")
+        if _CONTROL.search(value) is not None:
+            # No data field a filter could match holds these in practice; refusing them keeps logs one line.
+            raise InvalidValueError(f"filter {name!r} contains a control character (CR, LF, NUL...)", "INVALID_FILTER")
     return dict(filters)
 
 
