@@ -76,6 +76,7 @@ async def main() -> int:
         SSEHUB_MAX_CONNECTIONS=str(args.streams + 100),
         SSEHUB_SHUTDOWN_GRACE=str(args.grace),
         SSEHUB_LOG_LEVEL="warning",
+        SSEHUB_MAX_STREAMS_PER_CLIENT="0",  # every stream comes from 127.0.0.1
     )
     command = [sys.executable, "-m", "ssehub", "serve", "--port", str(port), "--workers", str(args.workers)]
     server = subprocess.Popen(command, env=env)

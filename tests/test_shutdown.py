@@ -30,12 +30,14 @@ pytestmark = pytest.mark.anyio
 GRACE = 3.0
 #: Slack for a busy 2-core machine on top of the documented bound (grace + EXIT_RESERVE).
 SLACK = 5.0
+#: Hundreds of streams and fast publishing from one test client: the per-client limits would refuse them.
+UNLIMITED = {"SSEHUB_MAX_STREAMS_PER_CLIENT": "0", "SSEHUB_PUBLISH_RATE": "0"}
 
 
 async def test_sigterm_ends_hundreds_of_streams_cleanly_within_the_grace_period(tmp_path: Path) -> None:
     """SIGTERM with 300 open streams: each stream gets the events queued for it, then a clean end; the process
     exits within the grace period plus its exit reserve."""
-    with serve_process(tmp_path, SSEHUB_SHUTDOWN_GRACE=str(GRACE), SSEHUB_LOG_LEVEL="warning") as served:
+    with serve_process(tmp_path, SSEHUB_SHUTDOWN_GRACE=str(GRACE), SSEHUB_LOG_LEVEL="warning", **UNLIMITED) as served:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
         async with httpx.AsyncClient(timeout=30, limits=limits) as client:
             readers = [Reader() for _ in range(300)]
@@ -70,6 +72,7 @@ def test_a_client_that_stops_reading_does_not_hold_the_shutdown(tmp_path: Path) 
         SSEHUB_SHUTDOWN_GRACE=str(grace),
         SSEHUB_MAX_BUFFER_BYTES=str(64 * 1024 * 1024),
         SSEHUB_LOG_LEVEL="warning",
+        **UNLIMITED,
     ) as served:
         port = int(served.base_url.rsplit(":", 1)[1])
         stuck = socket.socket()

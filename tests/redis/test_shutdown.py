@@ -32,7 +32,14 @@ async def test_sigterm_mid_publishing_then_resume_on_another_node_loses_nothing(
     """While events are being published, SIGTERM a node holding 200 streams: every stream ends cleanly, the node
     exits within its grace bound, and each client resuming on another node with its Last-Event-ID ends up with
     every published event exactly once, in order."""
-    common = {"SSEHUB_BROKER_URL": redis_server.url, "SSEHUB_LOG_LEVEL": "warning", "SSEHUB_MAX_CONNECTIONS": "2000"}
+    common = {
+        "SSEHUB_BROKER_URL": redis_server.url,
+        "SSEHUB_LOG_LEVEL": "warning",
+        "SSEHUB_MAX_CONNECTIONS": "2000",
+        # Hundreds of streams and fast publishing from one test client: the per-client limits would refuse them.
+        "SSEHUB_MAX_STREAMS_PER_CLIENT": "0",
+        "SSEHUB_PUBLISH_RATE": "0",
+    }
     with (
         serve_process(tmp_path, workers, SSEHUB_SHUTDOWN_GRACE=str(GRACE), **common) as node_a,
         serve_process(tmp_path, **common) as node_b,
