@@ -17,6 +17,7 @@ from ssehub.exceptions import (
     InvalidEventIdError,
     InvalidValueError,
     MissingDependencyError,
+    PublishManyError,
     SSEHubError,
     UnknownChannelError,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "InvalidValueError",
     "MemoryBroker",
     "MissingDependencyError",
+    "PublishManyError",
     "Publisher",
     "RedisBroker",
     "SSEHubError",

@@ -10,6 +10,7 @@ Hierarchy (kept shallow on purpose)::
     ├── HubNotRunningError     the hub was not started (or is shutting down)
     ├── BrokerUnavailableError the broker cannot be reached; nothing was accepted
     ├── ChannelLimitError      the broker holds as many channels as it may
+    ├── PublishManyError       some events of a publish_many were not stored (each event's outcome inside)
     └── MissingDependencyError an optional extra is not installed (also an ImportError)
 
 Foreign exceptions (redis-py, OS errors) are translated at the broker boundary with ``raise ... from exc``.
@@ -58,6 +59,20 @@ class BrokerUnavailableError(SSEHubError):
 
 class ChannelLimitError(SSEHubError):
     """Publishing would create a channel beyond the broker's channel limit."""
+
+
+class PublishManyError(SSEHubError):
+    """Some events of a ``publish_many`` were not stored; the others were, in order.
+
+    Attributes:
+        outcomes: one entry per event, in the order given: its id, or the error that kept it out
+            (ChannelLimitError, BrokerUnavailableError; an event never sent gets the error that stopped the rest).
+    """
+
+    def __init__(self, outcomes: list[str | SSEHubError]) -> None:
+        failed = [outcome for outcome in outcomes if not isinstance(outcome, str)]
+        super().__init__(f"{len(failed)} of {len(outcomes)} events were not published; first error: {failed[0]}")
+        self.outcomes = outcomes
 
 
 class MissingDependencyError(SSEHubError, ImportError):

@@ -9,6 +9,10 @@ trims with the values its caller passes)::
 
     with Publisher.from_url("redis://localhost:6379/0") as publisher:
         publisher.publish_download_progress("dl-42", 37.5, speed="1.2 MB/s")
+        publisher.publish_many([("queue:updates", "queue_update", {"size": 3}), ("x", "e", [1, 2])])
+
+``publish_many`` sends many events in one round trip (``publish_batch.lua``, up to ``MAX_BATCH`` events per call):
+each event is still stored before it is announced and succeeds or fails on its own, in the order given.
 """
 
 from __future__ import annotations
@@ -16,22 +20,25 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ssehub.brokers._redis_layout import (
     DEFAULT_PREFIX,
+    MAX_BATCH,
     PublishOptions,
     RedisLayout,
     RedisTarget,
+    batch_outcomes,
     load_script,
     parse_redis_url,
+    publish_batch_call,
     publish_call,
     require_redis,
     translate_error,
 )
 from ssehub.events import dump_json, validate_channel, validate_event_type
-from ssehub.exceptions import BrokerUnavailableError, InvalidValueError
+from ssehub.exceptions import BrokerUnavailableError, InvalidValueError, PublishManyError, SSEHubError
 
 if TYPE_CHECKING:
     import redis
@@ -67,6 +74,29 @@ class _Base:
         validate_event_type(event)
         # dump_json raises InvalidValueError (code INVALID_DATA) for NaN, infinities and non-JSON values.
         return publish_call(self._layout, self._options, channel, event, dump_json(data))
+
+    def _batches(self, events: Iterable[tuple[str, str, Any]]) -> list[tuple[list[str], list[str | int], int]]:
+        """Validate and serialize every event first (nothing is sent if one is bad); KEYS/ARGV per script call."""
+        items: list[tuple[str, str, str]] = []
+        for channel, event, data in events:
+            validate_channel(channel)
+            validate_event_type(event)
+            items.append((channel, event, dump_json(data)))
+        calls = []
+        for start in range(0, len(items), MAX_BATCH):
+            chunk = items[start : start + MAX_BATCH]
+            keys, args = publish_batch_call(self._layout, self._options, chunk)
+            calls.append((keys, args, len(chunk)))
+        return calls
+
+    @staticmethod
+    def _finish(outcomes: list[str | SSEHubError], total: int, error: SSEHubError | None) -> list[str]:
+        """The ids, or PublishManyError when any event was not stored (``error`` stopped the calls left)."""
+        if error is not None:
+            outcomes = outcomes + [error] * (total - len(outcomes))
+        if all(isinstance(outcome, str) for outcome in outcomes):
+            return [str(outcome) for outcome in outcomes]
+        raise PublishManyError(outcomes)
 
     @staticmethod
     def _download_progress(download_id: str | int, progress: float, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,6 +137,7 @@ class Publisher(_Base):
         self._slots = self._make_slots(pool_size)
         self._slot_timeout = wait_timeout
         self._script: Script = client.register_script(load_script("publish.lua"))
+        self._batch_script: Script = client.register_script(load_script("publish_batch.lua"))
 
     @classmethod
     def from_url(
@@ -168,6 +199,40 @@ class Publisher(_Base):
         finally:
             self._slots.release()
 
+    def publish_many(self, events: Iterable[tuple[str, str, Any]]) -> list[str]:
+        """Publish ``(channel, event, data)`` items in order, many per round trip; return their ids.
+
+        Each event is stored and announced atomically and fails on its own: one refused event (a new channel
+        beyond ``max_channels``) does not stop or reorder the others. The list as a whole is not atomic.
+
+        Raises:
+            InvalidValueError: a bad channel, event type or data (checked for all before anything is sent).
+            PublishManyError: some events were not stored; ``outcomes`` has each event's id or error. If Redis
+                could not be reached, the events not yet sent carry that BrokerUnavailableError.
+        """
+        from redis.exceptions import RedisError
+
+        calls = self._batches(events)
+        total = sum(count for _keys, _args, count in calls)
+        outcomes: list[str | SSEHubError] = []
+        error: SSEHubError | None = None
+        for keys, args, count in calls:
+            if not self._slots.acquire(timeout=self._slot_timeout):
+                error = BrokerUnavailableError(f"no free Redis connection within {self._slot_timeout:g}s")
+                break
+            try:
+                result = self._batch_script(keys=keys, args=args, client=self._client)
+                outcomes += batch_outcomes(result, count)
+            except (RedisError, OSError) as exc:
+                error = translate_error(exc, "publish")
+                break
+            except SSEHubError as exc:
+                error = exc
+                break
+            finally:
+                self._slots.release()
+        return self._finish(outcomes, total, error)
+
     def publish_download_progress(self, download_id: str | int, progress: float, **extra: Any) -> str:
         """``download_progress`` on ``download:updates``: ``{"download_id", "progress", **extra}``."""
         return self.publish(DOWNLOAD_CHANNEL, DOWNLOAD_EVENT, self._download_progress(download_id, progress, extra))
@@ -212,6 +277,7 @@ class AsyncPublisher(_Base):
         self._slots = self._make_slots(pool_size)
         self._slot_timeout = wait_timeout
         self._script: AsyncScript = client.register_script(load_script("publish.lua"))
+        self._batch_script: AsyncScript = client.register_script(load_script("publish_batch.lua"))
 
     @classmethod
     def from_url(
@@ -263,6 +329,32 @@ class AsyncPublisher(_Base):
                 return str(await self._script(keys=keys, args=args, client=self._client))
         except (RedisError, OSError, TimeoutError) as exc:
             raise translate_error(exc, "publish") from exc
+
+    async def publish_many(self, events: Iterable[tuple[str, str, Any]]) -> list[str]:
+        """Publish ``(channel, event, data)`` items in order, many per round trip (see :meth:`Publisher.publish_many`).
+
+        Raises:
+            InvalidValueError: a bad channel, event type or data (nothing is sent).
+            PublishManyError: some events were not stored; ``outcomes`` has each event's id or error.
+        """
+        from redis.exceptions import RedisError
+
+        calls = self._batches(events)
+        total = sum(count for _keys, _args, count in calls)
+        outcomes: list[str | SSEHubError] = []
+        error: SSEHubError | None = None
+        for keys, args, count in calls:
+            try:
+                async with asyncio.timeout(self._slot_timeout * 2), self._slots:
+                    result = await self._batch_script(keys=keys, args=args, client=self._client)
+                outcomes += batch_outcomes(result, count)
+            except (RedisError, OSError, TimeoutError) as exc:
+                error = translate_error(exc, "publish")
+                break
+            except SSEHubError as exc:
+                error = exc
+                break
+        return self._finish(outcomes, total, error)
 
     async def publish_download_progress(self, download_id: str | int, progress: float, **extra: Any) -> str:
         """``download_progress`` on ``download:updates``: ``{"download_id", "progress", **extra}``."""

@@ -5,6 +5,12 @@ adds the event to the channel's stream, trims it and PUBLISHes a notification, a
 subscriber never sees an event that history lacks, nor the reverse, and notifications leave Redis in id
 order. The key layout and the script contract are in ``docs/redis-layout.md``.
 
+Publishes are batched without weakening either guarantee: every :meth:`RedisBroker.publish` made during one
+event-loop iteration goes to Redis in one ``publish_batch.lua`` call (one round trip), which stores and
+notifies each event exactly as ``publish.lua`` would, in order, and reports each event's own outcome. The
+reader likewise takes every notification already received at once and hands a run of one channel's events
+to the hub in one call, so the hub queues them on each connection in one step.
+
 Each process holds one pub/sub connection, whatever the number of streams it serves, plus a small pool for
 commands. When the pub/sub connection drops, the reader reconnects with backoff and jitter, subscribes
 again, and reads from history every event after the last one it delivered before going live again; a
@@ -21,26 +27,28 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ssehub.brokers._redis_layout import (
     CHANNEL_LIMIT_MARKER,
     DEFAULT_PREFIX,
+    MAX_BATCH,
     PublishOptions,
     RedisLayout,
     RedisTarget,
+    batch_outcomes,
     events_from_entries,
     load_script,
     make_async_clients,
     parse_notification,
     parse_redis_url,
-    publish_call,
+    publish_batch_call,
     require_redis,
     translate_error,
 )
-from ssehub.brokers.base import Broker, BrokerStatus, DeliverCallback, GapCallback, History
+from ssehub.brokers.base import Broker, BrokerStatus, DeliverCallback, DeliverManyCallback, GapCallback, History
 from ssehub.events import Event, EventId, validate_channel, validate_event_type
-from ssehub.exceptions import BrokerUnavailableError
+from ssehub.exceptions import BrokerUnavailableError, SSEHubError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -55,6 +63,17 @@ logger = logging.getLogger("ssehub.brokers.redis")
 _CATCH_UP_PAGE = 1000
 #: Seconds before the first reconnection attempt; doubled per failure up to ``reconnect_max_delay``.
 _FIRST_DELAY = 0.05
+#: Notifications the reader takes at once before handing them over (bounds the time between two hand-overs).
+_READ_BATCH = 1000
+
+
+class _Pending(NamedTuple):
+    """A publish waiting for the next batch: what to store, and where its caller waits for the outcome."""
+
+    channel: str
+    event: str
+    data: str
+    future: asyncio.Future[Event]
 
 
 class RedisBroker(Broker):
@@ -109,6 +128,10 @@ class RedisBroker(Broker):
         self._scripts: dict[str, AsyncScript] = {}
         self._slots = asyncio.Semaphore(pool_size)
         self._deliver: DeliverCallback | None = None
+        self._deliver_many: DeliverManyCallback | None = None
+        # Publishes of the current loop iteration, sent together by _send_queued; senders in flight.
+        self._queued: list[_Pending] = []
+        self._senders: set[asyncio.Task[None]] = set()
         self._on_gap: GapCallback | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pubsub: PubSub | None = None
@@ -137,6 +160,10 @@ class RedisBroker(Broker):
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
+    def accept_batches(self, deliver_many: DeliverManyCallback) -> None:
+        """Hand each run of one channel's live events to ``deliver_many`` at once (see the module docstring)."""
+        self._deliver_many = deliver_many
+
     async def start(self, deliver: DeliverCallback, on_gap: GapCallback | None = None) -> None:
         """Connect and start the pub/sub reader; waits a bounded time for the first connection.
 
@@ -149,7 +176,7 @@ class RedisBroker(Broker):
         self._client, self._pubsub_client, self._sentinel_clients = make_async_clients(
             self._target, self._pool_size, self._socket_timeout, self._connect_timeout
         )
-        for name in ("publish.lua", "read.lua", "head.lua"):
+        for name in ("publish_batch.lua", "read.lua", "head.lua"):
             self._scripts[name] = self._client.register_script(load_script(name))
         self._deliver = deliver
         self._on_gap = on_gap
@@ -163,12 +190,18 @@ class RedisBroker(Broker):
         """Stop the reader and close every connection."""
         reader, self._reader = self._reader, None
         self._deliver = None
+        self._deliver_many = None
         self._on_gap = None
-        if reader is not None:
-            reader.cancel()
-            # asyncio.wait does not raise the reader's CancelledError, so our own cancellation still propagates.
-            await asyncio.wait([reader], timeout=self._socket_timeout + 1)
-        self._fail_pending(BrokerUnavailableError("the broker stopped"))
+        stopped = BrokerUnavailableError("the broker stopped")
+        queued, self._queued = self._queued, []
+        self._fail_publishes(queued, stopped)
+        tasks = [task for task in (reader, *self._senders) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # asyncio.wait does not raise the tasks' CancelledError, so our own cancellation still propagates.
+            await asyncio.wait(tasks, timeout=self._socket_timeout + 1)
+        self._fail_pending(stopped)
         self._channels.clear()
         self._up.clear()
         self._commands_ok = False
@@ -200,7 +233,10 @@ class RedisBroker(Broker):
         return result
 
     async def publish(self, channel: str, event: str, data: str) -> Event:
-        """Store the event and notify every hub, atomically (one Lua script); return it with its id.
+        """Store the event and notify every hub, atomically; return it with its id.
+
+        Publishes made during one loop iteration share one script call (see the module docstring); each is
+        still stored before it is announced, and fails or succeeds on its own.
 
         Raises:
             BrokerUnavailableError: Redis cannot be reached; nothing was stored.
@@ -208,9 +244,51 @@ class RedisBroker(Broker):
         """
         validate_channel(channel)
         validate_event_type(event)
-        keys, args = publish_call(self._layout, self._options, channel, event, data)
-        id_text = await self._call("publish.lua", keys, args, "publish")
-        return Event(EventId.parse(str(id_text)), channel, event, data)
+        if self._client is None:
+            raise BrokerUnavailableError("the Redis broker is not started")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Event] = loop.create_future()
+        self._queued.append(_Pending(channel, event, data, future))
+        if len(self._queued) == 1:
+            # Runs after every callback of this iteration: whatever else publishes meanwhile joins the batch.
+            loop.call_soon(self._send_queued)
+        return await future
+
+    def _send_queued(self) -> None:
+        queued, self._queued = self._queued, []
+        for start in range(0, len(queued), MAX_BATCH):
+            task = asyncio.get_running_loop().create_task(self._send_batch(queued[start : start + MAX_BATCH]))
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
+
+    async def _send_batch(self, batch: list[_Pending]) -> None:
+        """One ``publish_batch.lua`` call for the batch; each caller gets its own event or its own error."""
+        items = [(p.channel, p.event, p.data) for p in batch]
+        keys, args = publish_batch_call(self._layout, self._options, items)
+        try:
+            try:
+                result = await self._call("publish_batch.lua", keys, args, "publish")
+                outcomes = batch_outcomes(result, len(batch))
+            except SSEHubError as exc:
+                self._fail_publishes(batch, exc)
+                return
+            for pending, outcome in zip(batch, outcomes, strict=True):
+                if pending.future.done():
+                    continue  # its caller was cancelled; the event is stored all the same
+                if isinstance(outcome, str):
+                    event = Event(EventId.parse(outcome), pending.channel, pending.event, pending.data)
+                    pending.future.set_result(event)
+                else:
+                    pending.future.set_exception(outcome)
+        finally:
+            # Cancelled by stop() (or a bug): no caller may wait for an answer that will never come.
+            self._fail_publishes(batch, BrokerUnavailableError("the broker stopped before Redis answered"))
+
+    @staticmethod
+    def _fail_publishes(batch: list[_Pending], error: BaseException) -> None:
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(error)
 
     async def read_since(self, channels: Sequence[str], after: EventId, limit: int) -> History:
         """Stored events after ``after`` on ``channels`` in id order (one atomic read with the head).
@@ -389,16 +467,22 @@ class RedisBroker(Broker):
             after = history.events[-1].id
 
     async def _pump(self, pubsub: PubSub, backlog: list[dict[str, Any]]) -> None:
-        for message in backlog:
-            self._handle(message)
+        self._handle_all(backlog)
         ping_sent: float | None = None
         while True:
             message = await pubsub.get_message(timeout=self._ping_interval)
             if message is not None:
-                if message["type"] == "pong":
+                # Take every notification already received (no await suspends for them), then hand them
+                # over together: the hub queues a run of one channel's events on each connection at once.
+                messages = [message]
+                while len(messages) < _READ_BATCH and _has_buffered_reply(pubsub):
+                    more = await pubsub.get_message(timeout=0)
+                    if more is None:
+                        break
+                    messages.append(more)
+                if any(m["type"] == "pong" for m in messages):
                     ping_sent = None
-                else:
-                    self._handle(message)
+                self._handle_all(messages)
                 continue
             # Silence: a dead peer without a FIN is only found by asking.
             if ping_sent is not None and time.monotonic() - ping_sent > self._ping_interval + self._socket_timeout:
@@ -407,21 +491,43 @@ class RedisBroker(Broker):
                 ping_sent = time.monotonic()
                 await pubsub.ping()
 
-    def _handle(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "message":
-            try:
-                event = parse_notification(self._layout, message["channel"], message["data"])
-            except ValueError as exc:
-                logger.warning("ignoring a malformed notification on %r: %s", message["channel"], exc)
-                return
-            if event.channel in self._channels:
-                self._hand_over(event)
-        elif kind == "subscribe":
-            name = str(message["channel"])[len(self._layout.notify_prefix) :]
-            future = self._confirm.get(name)
-            if future is not None and not future.done():
-                future.set_result(None)
+    def _handle_all(self, messages: list[dict[str, Any]]) -> None:
+        """Hand over the events of ``messages`` (in order, each run of one channel at once); confirm subscribes."""
+        run: list[Event] = []
+        for message in messages:
+            kind = message["type"]
+            if kind == "message":
+                try:
+                    event = parse_notification(self._layout, message["channel"], message["data"])
+                except ValueError as exc:
+                    logger.warning("ignoring a malformed notification on %r: %s", message["channel"], exc)
+                    continue
+                last = self._last
+                if event.channel not in self._channels or (last is not None and event.id <= last):
+                    continue
+                self._last = event.id
+                if run and run[0].channel != event.channel:
+                    self._deliver_run(run)
+                    run = []
+                run.append(event)
+            elif kind == "subscribe":
+                name = str(message["channel"])[len(self._layout.notify_prefix) :]
+                future = self._confirm.get(name)
+                if future is not None and not future.done():
+                    future.set_result(None)
+        if run:
+            self._deliver_run(run)
+
+    def _deliver_run(self, events: list[Event]) -> None:
+        """Events of one channel, in id order, already checked against ``_last``."""
+        deliver_many = self._deliver_many
+        if deliver_many is not None and len(events) > 1:
+            deliver_many(events)
+            return
+        deliver = self._deliver
+        if deliver is not None:
+            for event in events:
+                deliver(event)
 
     def _report_gap(self, channels: list[str]) -> None:
         logger.warning(
@@ -456,3 +562,13 @@ class RedisBroker(Broker):
                 "last_error": self._last_error or None,
             },
         )
+
+
+def _has_buffered_reply(pubsub: PubSub) -> bool:
+    """Whether bytes of another reply were already read from the socket (hiredis's buffer), so the next
+    ``get_message`` returns without waiting. False when unknown (another parser): the reader then hands over
+    one message per wake-up, which is correct, only slower."""
+    connection = pubsub.connection
+    reader = getattr(getattr(connection, "_parser", None), "_reader", None)
+    has_data = getattr(reader, "has_data", None)
+    return bool(has_data()) if callable(has_data) else False
