@@ -276,3 +276,32 @@ async def test_streams_on_a_redis_hub_get_batched_events_in_order(redis_server: 
     assert [m.id for m in got_resumed] == ids
     assert [m.id for m in got_filtered] == ids[1::2]
     assert [json.loads(m.data)["i"] for m in got_filtered] == list(range(1, 300, 2))
+
+
+async def test_more_concurrent_publishes_than_one_call_holds_all_succeed(redis_server: RedisServer) -> None:
+    """Over MAX_BATCH publishes at once go out in several calls; each caller gets its own event, none lost."""
+    sink = Sink()
+    broker = await _start(redis_server.url, sink)
+    try:
+        await broker.subscribe("a")
+        count = MAX_BATCH * 2 + 7
+        published = await asyncio.gather(*(broker.publish("a", "e", str(i)) for i in range(count)))
+        assert [event.data for event in published] == [str(i) for i in range(count)]
+        assert len({event.id for event in published}) == count
+        delivered = await sink.wait_for(count)
+        assert sorted(event.id for event in delivered) == sorted(event.id for event in published)
+        assert [event.id for event in delivered] == sorted(event.id for event in delivered)
+    finally:
+        await broker.stop()
+
+
+async def test_stop_fails_queued_publishes_instead_of_leaving_them_waiting(redis_server: RedisServer) -> None:
+    """Publishes queued when the broker stops end with BrokerUnavailableError, not a wait without end."""
+    broker = await _start(redis_server.url, Sink())
+    jobs = [asyncio.ensure_future(broker.publish("a", "e", str(i))) for i in range(5)]
+    await asyncio.sleep(0)  # they are queued; their batch has not reached Redis yet
+    await broker.stop()
+    async with asyncio.timeout(5):
+        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+    assert all(isinstance(outcome, Event | BrokerUnavailableError) for outcome in outcomes)
+    assert any(isinstance(outcome, BrokerUnavailableError) for outcome in outcomes)
