@@ -305,3 +305,25 @@ async def test_stop_fails_queued_publishes_instead_of_leaving_them_waiting(redis
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
     assert all(isinstance(outcome, Event | BrokerUnavailableError) for outcome in outcomes)
     assert any(isinstance(outcome, BrokerUnavailableError) for outcome in outcomes)
+
+
+async def test_a_batch_trims_by_count_and_by_age_like_single_publishes(redis_server: RedisServer) -> None:
+    """In one batch, aged events and events beyond history_size are trimmed and recorded as the deleted maximum."""
+    broker = await _start(redis_server.url, Sink(), history_size=3, history_ttl=0.5)
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    try:
+        async with AsyncPublisher.from_url(redis_server.url, history_size=3, history_ttl=0.5) as publisher:
+            old = await publisher.publish_many([("a", "e", "x1"), ("a", "e", "x2")])
+            await asyncio.sleep(0.8)  # both are older than the ttl now
+            new = await publisher.publish_many([("a", "e", f"y{i}") for i in range(1, 6)])
+        stored: Any = client.xrange(RedisLayout().stream("a"))
+        assert [entry[0] for entry in stored] == new[2:]
+        info: Any = client.xinfo_stream(RedisLayout().stream("a"))
+        assert info["max-deleted-entry-id"] == new[1]
+        assert (await broker.read_since(["a"], EventId.parse(old[1]), limit=10)).expired == ["a"]
+        kept = await broker.read_since(["a"], EventId.parse(new[1]), limit=10)
+        assert kept.expired == []
+        assert [str(event.id) for event in kept.events] == new[2:]
+    finally:
+        client.close()
+        await broker.stop()
