@@ -26,9 +26,9 @@ import heapq
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ssehub.brokers._redis_layout import (
     CHANNEL_LIMIT_MARKER,
@@ -63,6 +63,7 @@ logger = logging.getLogger("ssehub.brokers.redis")
 _CATCH_UP_PAGE = 1000
 #: Seconds before the first reconnection attempt; doubled per failure up to ``reconnect_max_delay``.
 _FIRST_DELAY = 0.05
+_T = TypeVar("_T")
 #: Notifications the reader takes at once before handing them over (bounds the time between two hand-overs).
 _READ_BATCH = 1000
 
@@ -133,6 +134,8 @@ class RedisBroker(Broker):
         # Publishes of the current loop iteration, sent together by _send_queued; senders in flight.
         self._queued: list[_Pending] = []
         self._senders: set[asyncio.Task[None]] = set()
+        # Reads asked for during this loop iteration, by what they read (see _shared).
+        self._reads: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
         self._on_gap: GapCallback | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pubsub: PubSub | None = None
@@ -196,6 +199,11 @@ class RedisBroker(Broker):
         stopped = BrokerUnavailableError("the broker stopped")
         queued, self._queued = self._queued, []
         self._fail_publishes(queued, stopped)
+        reads, self._reads = self._reads, {}
+        for future in reads.values():  # their tasks are cancelled below, maybe before they ran
+            if not future.done():
+                future.set_exception(stopped)
+                future.exception()
         tasks = [task for task in (reader, *self._senders) if task is not None]
         for task in tasks:
             task.cancel()
@@ -300,9 +308,18 @@ class RedisBroker(Broker):
     async def read_since(self, channels: Sequence[str], after: EventId, limit: int) -> History:
         """Stored events after ``after`` on ``channels`` in id order (one atomic read with the head).
 
+        Identical reads asked for during one loop iteration share one Redis call (see :meth:`_shared`): in a
+        reconnect storm, thousands of clients resume from the same id.
+
         Raises:
             BrokerUnavailableError: Redis cannot be reached.
         """
+        key = ("read", tuple(channels), after, limit)
+        shared = await self._shared(key, lambda: self._read_since(channels, after, limit))
+        # Each caller gets its own lists: the hub keeps them as a stream's backlog.
+        return History(events=list(shared.events), head=shared.head, expired=list(shared.expired))
+
+    async def _read_since(self, channels: Sequence[str], after: EventId, limit: int) -> History:
         layout = self._layout
         keys = [layout.last_id, layout.floor, *(layout.stream(name) for name in channels)]
         result = await self._call("read.lua", keys, [str(after), max(limit, 1), self._options.ttl_ms], "read history")
@@ -323,8 +340,49 @@ class RedisBroker(Broker):
         Raises:
             BrokerUnavailableError: Redis cannot be reached.
         """
+        return await self._shared(("head",), self._head)
+
+    async def _head(self) -> EventId:
         layout = self._layout
         return EventId.parse(str(await self._call("head.lua", [layout.last_id, layout.floor], [], "read the head")))
+
+    async def _shared(self, key: tuple[Any, ...], fetch: Callable[[], Awaitable[_T]]) -> _T:
+        """``fetch()``'s answer, shared by every caller asking for ``key`` during this loop iteration.
+
+        The call is sent in the next iteration, by a task whose first step forgets ``key``: a caller that
+        arrives later starts a new call. So everyone sharing a read asked for it before it was sent, which
+        keeps resume exact: a subscription is indexed before it asks, and any event newer than the read's
+        head is published after the read ran, hence reaches the subscription live.
+        """
+        future = self._reads.get(key)
+        if future is None:
+            future = self._reads[key] = asyncio.get_running_loop().create_future()
+            task = asyncio.get_running_loop().create_task(self._fetch_shared(key, future, fetch))
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
+        # shield: one caller giving up (its client left) must not cancel the read for the others.
+        result: _T = await asyncio.shield(future)
+        return result
+
+    async def _fetch_shared(
+        self, key: tuple[Any, ...], future: asyncio.Future[Any], fetch: Callable[[], Awaitable[Any]]
+    ) -> None:
+        if self._reads.get(key) is future:
+            del self._reads[key]
+        try:
+            result = await fetch()
+        except BaseException as exc:
+            if not future.done():
+                error = (
+                    exc if not isinstance(exc, asyncio.CancelledError) else BrokerUnavailableError("the broker stopped")
+                )
+                future.set_exception(error)
+                future.exception()  # retrieved here: every caller may have given up
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        if not future.done():
+            future.set_result(result)
 
     # -- subscriptions --------------------------------------------------------------------------------------
 

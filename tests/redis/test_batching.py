@@ -327,3 +327,53 @@ async def test_a_batch_trims_by_count_and_by_age_like_single_publishes(redis_ser
     finally:
         client.close()
         await broker.stop()
+
+
+async def test_identical_reads_in_one_iteration_share_one_call(
+    redis_server: RedisServer, admin: redis.asyncio.Redis
+) -> None:
+    """Concurrent identical read_since and head calls go to Redis once; each caller gets its own lists."""
+    broker = await _start(redis_server.url, Sink())
+    try:
+        published = [await broker.publish("a", "e", str(i)) for i in range(5)]
+        await broker.read_since(["a"], published[0].id, limit=10)  # loads the script
+        await broker.head()
+        calls_before = await _script_calls(admin)
+        reads = await asyncio.gather(*(broker.read_since(["a"], published[1].id, limit=10) for _ in range(40)))
+        heads = await asyncio.gather(*(broker.head() for _ in range(40)))
+        assert await _script_calls(admin) - calls_before == 2
+        assert all(history.events == published[2:] for history in reads)
+        assert len({id(history.events) for history in reads}) == 40
+        assert set(heads) == {published[-1].id}
+    finally:
+        await broker.stop()
+
+
+async def test_a_storm_of_resumes_during_publishing_is_exact(redis_server: RedisServer) -> None:
+    """Streams resuming together from one id while events keep coming each get every event once, in order."""
+    settings = make_settings(broker_url=redis_server.url)
+    app = create_app(settings)
+    with running_server(app) as base:
+        api = f"{base}{settings.prefix}"
+        async with httpx.AsyncClient(timeout=10) as client, AsyncPublisher.from_url(redis_server.url) as publisher:
+            before = [await publisher.publish("room", "n", i) for i in range(10)]
+            resume_from = before[4]
+
+            async def resume() -> list[str]:
+                async with open_stream(
+                    client, f"{api}/stream?channels=room", headers={"Last-Event-ID": resume_from}
+                ) as s:
+                    assert (await s.next_event()).event == "connected"
+                    return [message.id for message in await s.take(5 + 20, timeout=15)]
+
+            async def keep_publishing() -> list[str]:
+                ids = []
+                for i in range(20):
+                    ids.append(await publisher.publish("room", "n", 10 + i))
+                    await asyncio.sleep(0.005)
+                return ids
+
+            results = await asyncio.gather(keep_publishing(), *(resume() for _ in range(30)))
+    later, streams = results[0], results[1:]
+    expected = before[5:] + later
+    assert all(received == expected for received in streams)
