@@ -142,6 +142,10 @@ class RedisBroker(Broker):
         self._up = asyncio.Event()
         self._commands_ok = False
         self._channels: set[str] = set()
+        # Per channel, the head when its subscription was confirmed: older events were never due live here.
+        # (A catch-up reads from _last for every channel; a channel subscribed later may then look expired
+        # when it is not: its streams end and their clients resume exactly, which costs a reconnect only.)
+        self._since: dict[str, EventId] = {}
         self._confirm: dict[str, asyncio.Future[None]] = {}
         # The greatest id handed to ``deliver``; live notifications at or below it are duplicates.
         self._last: EventId | None = None
@@ -212,6 +216,7 @@ class RedisBroker(Broker):
             await asyncio.wait(tasks, timeout=self._socket_timeout + 1)
         self._fail_pending(stopped)
         self._channels.clear()
+        self._since.clear()
         self._up.clear()
         self._commands_ok = False
         clients = [c for c in (self._client, self._pubsub_client, *self._sentinel_clients) if c is not None]
@@ -415,6 +420,9 @@ class RedisBroker(Broker):
                 self._channels.add(channel)
                 await pubsub.subscribe(self._layout.notify(channel))
                 await asyncio.shield(future)
+                # Live delivery of this channel is exact from here on; what came before, its streams read from
+                # history themselves. A catch-up after a reconnect must not hand those older events over.
+                self._since[channel] = await self.head()
         except BrokerUnavailableError:
             self._channels.discard(channel)
             raise
@@ -431,6 +439,7 @@ class RedisBroker(Broker):
         from redis.exceptions import RedisError
 
         self._channels.discard(channel)
+        self._since.pop(channel, None)
         pubsub = self._pubsub
         if pubsub is None or not self._up.is_set():
             return
@@ -523,8 +532,11 @@ class RedisBroker(Broker):
                 # while we paged.
                 reported.update(lost)
                 self._report_gap(lost)
+            since = self._since
             for event in history.events:
-                self._hand_over(event)
+                start = since.get(event.channel)
+                if start is None or event.id > start:
+                    self._hand_over(event)
             if len(history.events) < _CATCH_UP_PAGE:
                 # Everything up to the head is now delivered: later duplicates are dropped by id.
                 self._last = max(self._last, history.head)

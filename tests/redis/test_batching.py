@@ -377,3 +377,36 @@ async def test_a_storm_of_resumes_during_publishing_is_exact(redis_server: Redis
     later, streams = results[0], results[1:]
     expected = before[5:] + later
     assert all(received == expected for received in streams)
+
+
+async def test_a_reconnect_does_not_replay_what_came_before_a_channel_was_subscribed(
+    redis_server: RedisServer, admin: redis.asyncio.Redis
+) -> None:
+    """After a pub/sub reconnect, catch-up replays only events a channel's live delivery missed, not older ones."""
+    sink = Sink()
+    broker = RedisBroker(
+        redis_server.url, socket_timeout=1.0, connect_timeout=1.0, reconnect_max_delay=0.2, ping_interval=0.5
+    )
+    await broker.start(sink.deliver)
+    try:
+        await broker.subscribe("a")
+        first = await broker.publish("a", "e", '"a1"')
+        await sink.wait_for(1)
+        # Published while this node had no subscriber on "b" (or had one and let it go): a stream that
+        # subscribes later reads it from history itself; live delivery must not hand it over again.
+        await broker.publish("b", "e", '"b-before"')
+        await broker.subscribe("b")
+        await broker.unsubscribe("a")
+        await broker.publish("a", "e", '"a-while-unsubscribed"')
+        await broker.subscribe("a")
+        assert await admin.client_kill_filter(_type="pubsub") >= 1
+        deadline = time.monotonic() + 10
+        while broker.status().details["reconnects"] < 1 or not broker.status().connected:
+            assert time.monotonic() < deadline, "the reader did not reconnect"
+            await asyncio.sleep(0.01)
+        missed = await broker.publish("b", "e", '"b-after"')
+        await sink.wait_for(2)
+        await asyncio.sleep(0.2)
+        assert sink.events == [first, missed]
+    finally:
+        await broker.stop()
