@@ -383,8 +383,8 @@ class RedisBroker(Broker):
                 )
                 future.set_exception(error)
                 future.exception()  # retrieved here: every caller may have given up
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            if not isinstance(exc, Exception):
+                raise  # cancelled by stop(), or the process is exiting: the callers got their error above
             return
         if not future.done():
             future.set_result(result)
