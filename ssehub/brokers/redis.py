@@ -64,6 +64,8 @@ _CATCH_UP_PAGE = 1000
 #: Seconds before the first reconnection attempt; doubled per failure up to ``reconnect_max_delay``.
 _FIRST_DELAY = 0.05
 _T = TypeVar("_T")
+#: Above every id: a channel's catch-up start while its subscription is being set up (see ``subscribe``).
+_NEVER = EventId(2**63 - 1, 2**63 - 1)
 #: Notifications the reader takes at once before handing them over (bounds the time between two hand-overs).
 _READ_BATCH = 1000
 
@@ -418,6 +420,9 @@ class RedisBroker(Broker):
                     raise BrokerUnavailableError("the Redis pub/sub connection is down")
                 future = self._confirm[channel] = asyncio.get_running_loop().create_future()
                 self._channels.add(channel)
+                # Until the head below is known, a catch-up (the connection may drop meanwhile) replays nothing
+                # of this channel: its streams read history after this call returns, up to a later head.
+                self._since[channel] = _NEVER
                 await pubsub.subscribe(self._layout.notify(channel))
                 await asyncio.shield(future)
                 # Live delivery of this channel is exact from here on; what came before, its streams read from
@@ -425,11 +430,15 @@ class RedisBroker(Broker):
                 self._since[channel] = await self.head()
         except BrokerUnavailableError:
             self._channels.discard(channel)
+            self._since.pop(channel, None)
             raise
         except (RedisError, OSError, TimeoutError) as exc:
             self._channels.discard(channel)
+            self._since.pop(channel, None)
             raise translate_error(exc, f"subscribe to {channel!r}") from exc
         finally:
+            if self._since.get(channel) is _NEVER:
+                del self._since[channel]  # cancelled half-way: catch up from the last delivered id as before
             future_done = self._confirm.get(channel)
             if future_done is not None and future_done.done():
                 del self._confirm[channel]
