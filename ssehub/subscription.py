@@ -8,6 +8,7 @@ value without looking at the others.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -120,22 +121,40 @@ class Subscription:
         pending = self.pending or []
         self.pending = None
         cutoff = self.cutoff
+        passed = False
         for event in pending:
             if event.id > cutoff:
                 connection.push(event.frame, event.chunk)
+                passed = True
+        # Go live only once the broker delivered an event newer than the history read: a broker with separate
+        # connections for reads and live events (Redis) can hand over an event the read already returned
+        # after the read. Until then hold() drops those (id <= cutoff) and promotes on the first newer one.
         # No await since the last held event: the next live event goes straight to the connection.
-        if self._on_live is not None and not connection.closed:
-            self._on_live(self)
+        on_live = self._on_live
+        if passed and on_live is not None:
+            self._on_live = None
+            self._go_live(on_live)
+
+    def _go_live(self, on_live: Callable[[Subscription], None]) -> None:
+        if not self.connection.closed:
+            on_live(self)
 
     def accepts(self, fields: Mapping[str, Any]) -> bool:
         """Whether an event with these data fields passes every filter."""
         return all(filter_key(fields.get(name, MISSING)) == value for name, value in self.filters.items())
 
     def hold(self, event: Event) -> None:
-        """Keep a live event aside while catching up, within the connection's buffer bound."""
+        """Keep a live event aside while catching up, within the connection's buffer bound; once caught up,
+        write it, unless history already had it."""
         pending = self.pending
         if pending is None:
-            self.connection.push(event.frame, event.chunk)
+            if event.id > self.cutoff:
+                self.connection.push(event.frame, event.chunk)
+                on_live = self._on_live
+                if on_live is not None:
+                    self._on_live = None
+                    # Not now: the hub may be iterating the index this moves the subscription in.
+                    asyncio.get_running_loop().call_soon(self._go_live, on_live)
             return
         pending.append(event)
         self.pending_bytes += len(event.frame)
