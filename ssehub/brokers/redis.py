@@ -66,6 +66,9 @@ _FIRST_DELAY = 0.05
 _T = TypeVar("_T")
 #: Above every id: a channel's catch-up start while its subscription is being set up (see ``subscribe``).
 _NEVER = EventId(2**63 - 1, 2**63 - 1)
+#: Events read from history kept by (channel, id), so that many reads of one history (a reconnect storm: every
+#: client resumes from the same id) parse and encode each event once, not once per read.
+_RECENT_EVENTS = 4096
 #: Notifications the reader takes at once before handing them over (bounds the time between two hand-overs).
 _READ_BATCH = 1000
 
@@ -138,6 +141,7 @@ class RedisBroker(Broker):
         self._senders: set[asyncio.Task[None]] = set()
         # Reads asked for during this loop iteration, by what they read (see _shared).
         self._reads: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
+        self._recent: dict[tuple[str, str], Event] = {}
         self._on_gap: GapCallback | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pubsub: PubSub | None = None
@@ -337,9 +341,23 @@ class RedisBroker(Broker):
             if int(flag):
                 expired.append(name)
             elif entries:
-                per_channel.append(events_from_entries(name, entries))
+                per_channel.append(self._events_from(name, entries))
         events = per_channel[0] if len(per_channel) == 1 else list(heapq.merge(*per_channel, key=lambda e: e.id))
         return History(events=events[:limit], head=head, expired=expired)
+
+    def _events_from(self, channel: str, entries: list[Any]) -> list[Event]:
+        """Events from XRANGE entries, the same objects as for an earlier read of them (with their frames)."""
+        recent = self._recent
+        events: list[Event] = []
+        for entry in entries:
+            key = (channel, entry[0])
+            event = recent.get(key)
+            if event is None:
+                event = recent[key] = events_from_entries(channel, [entry])[0]
+                if len(recent) > _RECENT_EVENTS:
+                    del recent[next(iter(recent))]  # the oldest inserted
+            events.append(event)
+        return events
 
     async def head(self) -> EventId:
         """The last id issued (on first use, the start id from Redis's clock).
@@ -504,6 +522,8 @@ class RedisBroker(Broker):
     async def _open(self, pubsub: PubSub) -> list[dict[str, Any]]:
         """Subscribe, then replay history missed since the last delivered id; return early notifications."""
         channels = sorted(self._channels)
+        # After an outage Redis may have lost data and issued ids again: forget the events read before it.
+        self._recent.clear()
         # The node channel keeps the connection in subscribed mode even with no channel, so PING works.
         names = [self._layout.tag + ":node", *(self._layout.notify(name) for name in channels)]
         backlog: list[dict[str, Any]] = []

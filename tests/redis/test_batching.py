@@ -345,6 +345,9 @@ async def test_identical_reads_in_one_iteration_share_one_call(
         assert all(history.events == published[2:] for history in reads)
         assert len({id(history.events) for history in reads}) == 40
         assert set(heads) == {published[-1].id}
+        # A later read (its own call) hands out the same event objects: parsed and encoded once.
+        again = await broker.read_since(["a"], published[1].id, limit=10)
+        assert all(first is second for first, second in zip(again.events, reads[0].events, strict=True))
     finally:
         await broker.stop()
 
