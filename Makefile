@@ -2,10 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-HOST ?= 127.0.0.1
-PORT ?= 8000
 
-.PHONY: run test install install-test system-deps lint typecheck pytest bench clean
+.PHONY: run test install install-test system-deps lint typecheck pytest jstest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,11 +11,11 @@ $(BIN)/python:
 
 # Reinstall when the project's metadata changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[redis]'
+	$(BIN)/python -m pip install -q -e '.[redis,auth]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[redis,test]'
+	$(BIN)/python -m pip install -q -e '.[redis,auth,test]'
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
@@ -27,8 +25,12 @@ install-test: $(VENV)/.installed-test
 system-deps:
 	bash scripts/install-system-deps.sh
 
+# `make run HOST=... PORT=...` passes flags; otherwise ssehub reads SSEHUB_HOST/SSEHUB_PORT (environment, .env) itself.
+# Only values given on make's command line count: make imports environment variables as its own, and a HOST
+# exported by the shell must not silently win over SSEHUB_HOST.
 run: install
-	$(BIN)/ssehub serve --host $(HOST) --port $(PORT)
+	$(BIN)/ssehub serve $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
+		$(if $(filter command line,$(origin PORT)),--port $(PORT))
 
 lint: install-test
 	$(BIN)/ruff check ssehub tests
@@ -40,7 +42,12 @@ typecheck: install-test
 pytest: install-test system-deps
 	$(BIN)/pytest
 
-test: lint typecheck pytest
+# The browser client's unit tests: node's built-in runner (Debian's nodejs when node is missing), no npm packages.
+jstest:
+	bash scripts/install-system-deps.sh nodejs:node
+	node --test tests/js/*.test.mjs
+
+test: lint typecheck pytest jstest
 
 -include bench/bench.mk
 

@@ -12,12 +12,15 @@ LABELS = {
     "ssehub-redis": "ssehub (Redis)",
     "nchan": "nginx + nchan",
     "naive": "naive baseline",
+    "ssehub-auth": "ssehub (memory, API key)",
     "ssehub-redis-worker": "ssehub (Redis), workers publish",
     "ssehub-redis-core1": "ssehub (Redis on core 1)",
 }
-COLORS = {"ssehub": "#1f77b4", "ssehub-redis": "#17becf", "nchan": "#2ca02c", "naive": "#d62728",
-          "ssehub-redis-worker": "#9467bd", "ssehub-redis-core1": "#8c564b"}  # fmt: skip
-ORDER = ("ssehub", "ssehub-redis", "nchan", "naive")
+COLORS = {
+    "ssehub": "#1f77b4", "ssehub-redis": "#17becf", "nchan": "#2ca02c", "naive": "#d62728", "ssehub-auth": "#9467bd",
+    "ssehub-redis-worker": "#e377c2", "ssehub-redis-core1": "#8c564b",
+}  # fmt: skip
+ORDER = ("ssehub", "ssehub-redis", "nchan", "naive", "ssehub-auth")
 #: The Redis broker's three fan-out ladders: HTTP publishes with Redis beside the hub, workers publishing with
 #: ssehub.Publisher, and Redis on the load generator's core.
 REDIS_ORDER = ("ssehub-redis", "ssehub-redis-worker", "ssehub-redis-core1")
@@ -97,6 +100,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         _target("Fan-out on the Redis broker vs the memory broker",
                 f"{_fmt(fan['ssehub-redis'])} vs {_fmt(fan['ssehub'])}", _ratio(fan["ssehub-redis"], fan["ssehub"]),
                 ">=", 0.8, ">= 0.8x"),
+        # authentication runs once per stream and per publish, never per delivery: the figures must not move
+        _target("Fan-out with an API key on every request vs without",
+                f"{_fmt(fan['ssehub-auth'])} vs {_fmt(fan['ssehub'])}", _ratio(fan["ssehub-auth"], fan["ssehub"]),
+                ">=", 0.9, ">= 0.9x (within noise)"),
     ]  # fmt: skip
 
 

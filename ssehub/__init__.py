@@ -5,11 +5,14 @@ within milliseconds; a subscriber that reconnects gets exactly what it missed.
 """
 
 from ssehub.app import create_api, create_app
+from ssehub.auth import Authenticator
 from ssehub.brokers import Broker, BrokerStatus, History, MemoryBroker, create_broker
 from ssehub.brokers.redis import RedisBroker
 from ssehub.encoder import encode
 from ssehub.events import Event, EventId
 from ssehub.exceptions import (
+    AuthenticationError,
+    AuthUnavailableError,
     BrokerUnavailableError,
     ChannelLimitError,
     ConnectionLimitError,
@@ -17,10 +20,12 @@ from ssehub.exceptions import (
     InvalidEventIdError,
     InvalidValueError,
     MissingDependencyError,
+    PermissionDeniedError,
     PublishManyError,
     SSEHubError,
     UnknownChannelError,
 )
+from ssehub.grants import Grant
 from ssehub.hub import Hub
 from ssehub.publisher import AsyncPublisher, Publisher
 from ssehub.settings import Settings
@@ -30,6 +35,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncPublisher",
+    "AuthUnavailableError",
+    "AuthenticationError",
+    "Authenticator",
     "Broker",
     "BrokerStatus",
     "BrokerUnavailableError",
@@ -37,6 +45,7 @@ __all__ = [
     "ConnectionLimitError",
     "Event",
     "EventId",
+    "Grant",
     "History",
     "Hub",
     "HubNotRunningError",
@@ -44,6 +53,7 @@ __all__ = [
     "InvalidValueError",
     "MemoryBroker",
     "MissingDependencyError",
+    "PermissionDeniedError",
     "PublishManyError",
     "Publisher",
     "RedisBroker",

@@ -11,6 +11,9 @@ Hierarchy (kept shallow on purpose)::
     ├── BrokerUnavailableError the broker cannot be reached; nothing was accepted
     ├── ChannelLimitError      the broker holds as many channels as it may
     ├── PublishManyError       some events of a publish_many were not stored (each event's outcome inside)
+    ├── AuthenticationError    missing, unknown, malformed or expired credentials (401)
+    ├── PermissionDeniedError  valid credentials that do not grant this channel or action (403)
+    ├── AuthUnavailableError   the JWKS endpoint cannot be reached to check a token (503)
     └── MissingDependencyError an optional extra is not installed (also an ImportError)
 
 Foreign exceptions (redis-py, OS errors) are translated at the broker boundary with ``raise ... from exc``.
@@ -73,6 +76,26 @@ class PublishManyError(SSEHubError):
         failed = [outcome for outcome in outcomes if not isinstance(outcome, str)]
         super().__init__(f"{len(failed)} of {len(outcomes)} events were not published; first error: {failed[0]}")
         self.outcomes = outcomes
+
+
+class AuthenticationError(SSEHubError):
+    """Credentials are missing, unknown, malformed or expired (HTTP 401).
+
+    ``code`` is ``UNAUTHORIZED`` (none given), ``INVALID_TOKEN`` or ``TOKEN_EXPIRED``. The message never
+    contains the credential.
+    """
+
+    def __init__(self, message: str, code: str = "INVALID_TOKEN") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PermissionDeniedError(SSEHubError):
+    """Valid credentials that do not grant this channel or action (HTTP 403, ``FORBIDDEN``)."""
+
+
+class AuthUnavailableError(SSEHubError):
+    """The keys to check a token with cannot be fetched (JWKS endpoint down); try again later (HTTP 503)."""
 
 
 class MissingDependencyError(SSEHubError, ImportError):

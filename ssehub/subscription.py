@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ssehub._types import Receive
 from ssehub.connection import Connection
-from ssehub.events import Event, EventId, dump_json
+from ssehub.events import Event, EventId, Position, dump_json
 from ssehub.exceptions import InvalidValueError
+
+if TYPE_CHECKING:
+    from ssehub.grants import Grant
 
 _FILTER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _MAX_FILTERS = 8
@@ -67,6 +70,7 @@ class Subscription:
         "connection",
         "cutoff",
         "filters",
+        "grant",
         "pending",
         "pending_bytes",
         "rest",
@@ -91,7 +95,9 @@ class Subscription:
         self.pending_bytes = 0
         # Missed events to write once the response has started, and the id after which held events are new.
         self.backlog: list[Event] = []
-        self.cutoff = EventId(0, 0)
+        self.cutoff: Position = EventId(0, 0)
+        # Who opened the stream and what it may read (ssehub.grants.Grant), checked once before it opened.
+        self.grant: Grant | None = None
 
     async def stream(self, receive: Receive) -> None:
         """Write the backlog, go live, and stream until the connection closes (the response must be started)."""
@@ -123,15 +129,17 @@ class Subscription:
         cutoff = self.cutoff
         passed = False
         for event in pending:
-            if event.id > cutoff:
+            if not cutoff.covers(event):
                 connection.push(event.frame, event.chunk)
                 passed = True
         # Go live only once the broker delivered an event newer than the history read: a broker with separate
         # connections for reads and live events (Redis) can hand over an event the read already returned
-        # after the read. Until then hold() drops those (id <= cutoff) and promotes on the first newer one.
+        # after the read. Until then hold() drops those (covered by the cutoff) and promotes on the first newer
+        # one. That proves every covered event was delivered only under one total order (an EventId); with
+        # per-shard positions it proves it for one shard, so such subscriptions keep filtering in hold().
         # No await since the last held event: the next live event goes straight to the connection.
         on_live = self._on_live
-        if passed and on_live is not None:
+        if passed and on_live is not None and isinstance(cutoff, EventId):
             self._on_live = None
             self._go_live(on_live)
 
@@ -148,10 +156,11 @@ class Subscription:
         write it, unless history already had it."""
         pending = self.pending
         if pending is None:
-            if event.id > self.cutoff:
+            cutoff = self.cutoff
+            if not cutoff.covers(event):
                 self.connection.push(event.frame, event.chunk)
                 on_live = self._on_live
-                if on_live is not None:
+                if on_live is not None and isinstance(cutoff, EventId):
                     self._on_live = None
                     # Not now: the hub may be iterating the index this moves the subscription in.
                     asyncio.get_running_loop().call_soon(self._go_live, on_live)
