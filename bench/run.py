@@ -1,4 +1,4 @@
-"""`make bench`: ssehub against nginx + nchan and the naive baseline, on loopback, in about 11 minutes.
+"""`make bench`: ssehub against nginx + nchan and the naive baseline, on loopback, in about 12 minutes.
 
 Every server is pinned to core 0 (``taskset -c 0``, Redis included), the C load generator and this script to
 core 1. Scenarios, each on a fresh server: idle capacity, fan-out ladder, many channels, light load, reconnect
