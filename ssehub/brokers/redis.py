@@ -9,7 +9,9 @@ Publishes are batched without weakening either guarantee: every :meth:`RedisBrok
 event-loop iteration goes to Redis in one ``publish_batch.lua`` call (one round trip), which stores and
 notifies each event exactly as ``publish.lua`` would, in order, and reports each event's own outcome. The
 reader likewise takes every notification already received at once and hands a run of one channel's events
-to the hub in one call, so the hub queues them on each connection in one step.
+to the hub in one call, so the hub queues them on each connection in one step. Identical history reads (and
+``head`` calls) asked for during one iteration share one call, and read events are kept by id for later
+reads: a reconnect storm, where thousands of clients resume from the same id, costs a few reads.
 
 Each process holds one pub/sub connection, whatever the number of streams it serves, plus a small pool for
 commands. When the pub/sub connection drops, the reader reconnects with backoff and jitter, subscribes
