@@ -1,6 +1,6 @@
 # Benchmark targets; included from the main Makefile (`include bench/bench.mk`). Paths are relative to the repo root.
-#   make bench        full run (< 10 min): bench/results/<date>.{json,md}, PNG plots, docs/performance.md
-#   make bench-quick  every scenario at small scale (< 90 s) into bench/results/tmp/, docs untouched
+#   make bench        full run (~12 min): bench/results/<date>.{json,md}, PNG plots, docs/performance.md
+#   make bench-quick  every scenario at small scale (~2 min) into bench/results/tmp/, docs untouched
 #   make bench-deps   only install what the bench needs (apt: gcc nginx libnginx-mod-nchan redis-server; pip)
 BENCH_PY ?= .venv/bin/python
 

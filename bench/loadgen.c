@@ -17,6 +17,11 @@
  *   storm   open the subscribers, publish --warm events, close every subscriber, publish --behind events, then
  *           reconnect all at once with Last-Event-ID and time until every one has caught up, checking that each
  *           gets exactly the missed events in order.
+ * Publishing: HTTP POSTs over --pub-conns keep-alive connections, one request in flight each; or, with
+ * --pub-exec CMD, through --pub-conns relay processes (CMD run by /bin/sh, e.g. bench/relay.py publishing with
+ * ssehub.Publisher, the way workers publish), each on a socketpair as its stdin/stdout: the relay prints
+ * "ready", then reads lines "<g> <channel> <data>" and answers "<g> 1" (published) or "<g> 0", up to
+ * --pub-window lines in flight per relay, so that it can batch what queued up.
  * Every line on stdout is one JSON object. Every phase has a deadline: the program always stops by itself.
  */
 #define _GNU_SOURCE
@@ -31,8 +36,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,7 +48,7 @@
 #define HIST_US_STEP 10              /* histogram bucket width: 10 us */
 #define HIST_BUCKETS (6000000 / HIST_US_STEP) /* up to 60 s */
 
-enum { K_SUB = 1, K_PUB = 2 };
+enum { K_SUB = 1, K_PUB = 2, K_RELAY = 3 };
 enum { S_CLOSED = 0, S_CONNECTING, S_HDR, S_BODY, S_IDLE, S_WAIT };
 enum { CH_SIZE = 0, CH_SIZE_EXT, CH_DATA, CH_DATA_CR, CH_DATA_LF };
 
@@ -57,6 +64,7 @@ typedef struct conn {
     int64_t open_ns;
     uint32_t recv, errors;
     int caught_up, content_length; /* pub: body bytes still expected */
+    int inflight, pid;             /* relay: lines sent and not answered yet; its process */
     char pend_id[ID_MAX];
     char last_id[ID_MAX];
     char line[LINE_MAX_LEN];
@@ -74,6 +82,9 @@ static const char *o_mode = "ladder";
 static double o_recover = 2, o_step = 5, o_warmup = 1, o_drain = 3, o_p99_max_ms = 100, o_hold = 2, o_connect_timeout = 30;
 static double o_rates[64];
 static int o_server_pids[32], o_nserver_pids;
+static int o_redis_pids[8], o_nredis_pids;
+static const char *o_pub_exec = NULL;
+static int o_pub_window = 64;
 static int o_nrates = 0;
 
 /* ---- state ---- */
@@ -114,12 +125,12 @@ static double cpu_seconds(void) {
     return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
-/* CPU seconds (user + system, all threads) used so far by the server processes named with --server-pids */
-static double server_cpu_seconds(void) {
+/* CPU seconds (user + system, all threads) used so far by the processes named */
+static double pids_cpu_seconds(const int *pids, int npids) {
     double total = 0;
-    for (int k = 0; k < o_nserver_pids; k++) {
+    for (int k = 0; k < npids; k++) {
         char path[64], buf[1024];
-        snprintf(path, sizeof path, "/proc/%d/stat", o_server_pids[k]);
+        snprintf(path, sizeof path, "/proc/%d/stat", pids[k]);
         FILE *f = fopen(path, "r");
         if (!f) continue;
         size_t n = fread(buf, 1, sizeof buf - 1, f);
@@ -133,6 +144,12 @@ static double server_cpu_seconds(void) {
     }
     return total;
 }
+
+/* the server processes named with --server-pids */
+static double server_cpu_seconds(void) { return pids_cpu_seconds(o_server_pids, o_nserver_pids); }
+/* --redis-pids: a Redis that is not on the server's core, reported on its own */
+static double redis_cpu_seconds(void) { return pids_cpu_seconds(o_redis_pids, o_nredis_pids); }
+static double relay_cpu_seconds(void);
 
 static void die(const char *msg) {
     fprintf(stderr, "loadgen: %s: %s\n", msg, strerror(errno));
@@ -548,7 +565,106 @@ static int pub_feed(conn *p, const char *b, size_t n) {
 
 static int pub_connect(conn *p) {
     reset_parser(p);
+    if (p->kind == K_RELAY) return -1; /* a relay that died is not restarted: its events count as failed */
     if (open_socket(p) < 0) return -1;
+    return 0;
+}
+
+/* start one relay process on a socketpair (its stdin and stdout); it is ours, ended in stop_relays() */
+static void relay_start(conn *p) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) die("socketpair");
+    pid_t pid = fork();
+    if (pid < 0) die("fork");
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive the load generator */
+        dup2(sv[1], 0);
+        dup2(sv[1], 1);
+        execl("/bin/sh", "sh", "-c", o_pub_exec, (char *)NULL);
+        _exit(127);
+    }
+    close(sv[1]);
+    fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
+    p->fd = sv[0];
+    p->pid = pid;
+    p->state = S_CONNECTING; /* until it prints "ready" */
+    p->inflight = 0;
+    p->llen = 0;
+    ep_ctl(EPOLL_CTL_ADD, p, EPOLLIN | EPOLLRDHUP);
+}
+
+static double relay_cpu_seconds(void) {
+    int pids[64], n = 0;
+    for (int k = 0; k < o_pub_conns && n < 64; k++)
+        if (pubs[k].kind == K_RELAY && pubs[k].pid) pids[n++] = pubs[k].pid;
+    return pids_cpu_seconds(pids, n);
+}
+
+static void stop_relays(void) {
+    for (int k = 0; k < o_pub_conns; k++) {
+        conn *p = &pubs[k];
+        if (p->kind != K_RELAY || !p->pid) continue;
+        if (p->fd >= 0) close_conn(p); /* EOF on its stdin: it finishes and exits */
+        int64_t deadline = now_ns() + 3000000000LL;
+        while (waitpid(p->pid, NULL, WNOHANG) == 0) {
+            if (now_ns() > deadline) {
+                kill(p->pid, SIGKILL);
+                waitpid(p->pid, NULL, 0);
+                break;
+            }
+            usleep(10000);
+        }
+        p->pid = 0;
+    }
+}
+
+static void relay_done(conn *p, int64_t g, int ok) {
+    if (g < 0 || g >= ev_n || ev_done[g]) return;
+    ev_done[g] = now_ns();
+    ev_ok[g] = (uint8_t)ok;
+    if (ok && g >= st_g0) st_expected += subs_per_chan[ev_chan[g]];
+    if (!ok) p->errors++;
+    if (p->inflight > 0 && --p->inflight == 0) p->state = S_IDLE;
+}
+
+/* relay answers: "ready" once, then "<g> <0|1>" per event */
+static int relay_feed(conn *p, const char *b, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (b[i] != '\n') {
+            if (p->llen < LINE_MAX_LEN) p->line[p->llen++] = b[i];
+            continue;
+        }
+        p->line[p->llen < LINE_MAX_LEN ? p->llen : LINE_MAX_LEN - 1] = 0;
+        p->llen = 0;
+        if (p->state == S_CONNECTING) {
+            if (strncmp(p->line, "ready", 5) != 0) return -1;
+            p->state = S_IDLE;
+            continue;
+        }
+        long long g = -1;
+        int ok = 0;
+        if (sscanf(p->line, "%lld %d", &g, &ok) != 2) return -1;
+        relay_done(p, g, ok == 1);
+    }
+    return 0;
+}
+
+static int relay_send(conn *p, int64_t g) {
+    char data[512], line[1024], chan[128];
+    int64_t t = now_ns();
+    int dn = snprintf(data, sizeof data, "{\"t\":%lld,\"s\":%lld,\"p\":\"", (long long)t, (long long)g);
+    int pad = o_payload - dn - 2;
+    if (pad < 1) pad = 1;
+    if (pad > 400) pad = 400;
+    memset(data + dn, 'x', (size_t)pad);
+    dn += pad;
+    snprintf(data + dn, sizeof data - dn, "\"}");
+    snprintf(chan, sizeof chan, o_chan_fmt, ev_chan[g]);
+    int n = snprintf(line, sizeof line, "%lld %s %s\n", (long long)g, chan, data);
+    ev_send[g] = t;
+    if (write_all(p->fd, line, (size_t)n) < 0) return -1;
+    p->inflight++;
+    p->state = S_WAIT;
     return 0;
 }
 
@@ -556,7 +672,7 @@ static int pub_connect(conn *p) {
 static char rbuf[1 << 17];
 
 static void handle(conn *c, uint32_t evs) {
-    if (c->state == S_CONNECTING) {
+    if (c->state == S_CONNECTING && c->kind != K_RELAY) {
         int err = 0;
         socklen_t el = sizeof err;
         getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el);
@@ -586,7 +702,9 @@ static void handle(conn *c, uint32_t evs) {
         ssize_t n = read(c->fd, rbuf, sizeof rbuf);
         if (n > 0) {
             st_reads += c->kind == K_SUB;
-            int r = c->kind == K_SUB ? sub_feed(c, rbuf, (size_t)n) : pub_feed(c, rbuf, (size_t)n);
+            int r = c->kind == K_SUB     ? sub_feed(c, rbuf, (size_t)n)
+                    : c->kind == K_RELAY ? relay_feed(c, rbuf, (size_t)n)
+                                         : pub_feed(c, rbuf, (size_t)n);
             if (r < 0) goto broken;
             if ((size_t)n < sizeof rbuf) return;
             continue;
@@ -603,6 +721,12 @@ broken:
             n_open--;
             n_closed_unexpected++;
         }
+    } else if (c->kind == K_RELAY) {
+        /* a relay that died: everything it had in flight failed */
+        for (int64_t g = 0; g < ev_n && c->inflight > 0; g++)
+            if (!ev_done[g] && ev_send[g]) relay_done(c, g, 0);
+        c->inflight = 0;
+        fprintf(stderr, "loadgen: relay %d ended\n", c->pid);
     } else if (c->state == S_WAIT) {
         pub_done(c, 0);
     }
@@ -618,6 +742,13 @@ static conn *free_pub(void) {
     static int rr;
     for (int k = 0; k < o_pub_conns; k++) {
         conn *p = &pubs[(rr + k) % o_pub_conns];
+        if (p->kind == K_RELAY) {
+            if ((p->state == S_IDLE || p->state == S_WAIT) && p->inflight < o_pub_window) {
+                rr = (rr + k + 1) % o_pub_conns;
+                return p;
+            }
+            continue;
+        }
         if (p->state == S_IDLE) {
             rr = (rr + k + 1) % o_pub_conns;
             return p;
@@ -635,7 +766,7 @@ static void pub_tick(int64_t now) {
         if (!p) return;
         int64_t g = new_event(plan_chan_rr);
         plan_chan_rr = (plan_chan_rr + 1) % o_channels;
-        if (pub_send(p, g) < 0) {
+        if ((p->kind == K_RELAY ? relay_send(p, g) : pub_send(p, g)) < 0) {
             ev_done[g] = now_ns();
             close_conn(p);
         }
@@ -644,8 +775,10 @@ static void pub_tick(int64_t now) {
 }
 
 static int pubs_busy(void) {
-    for (int k = 0; k < o_pub_conns; k++)
+    for (int k = 0; k < o_pub_conns; k++) {
+        if (pubs[k].kind == K_RELAY && pubs[k].fd < 0) continue; /* a dead relay is never busy again */
         if (pubs[k].state == S_WAIT || pubs[k].state == S_CONNECTING) return 1;
+    }
     return 0;
 }
 
@@ -685,7 +818,7 @@ static int all_subs_settled(void) {
 
 static int pubs_ready(void) {
     for (int k = 0; k < o_pub_conns; k++)
-        if (pubs[k].state == S_CONNECTING) return 0;
+        if (pubs[k].state == S_CONNECTING && pubs[k].fd >= 0) return 0;
     return 1;
 }
 
@@ -724,7 +857,7 @@ static int run_step(double rate, double step_s, int idx) {
     memset(hist, 0, sizeof(uint32_t) * HIST_BUCKETS);
     hist_n = hist_max_us = 0;
     int64_t closed0 = n_closed_unexpected;
-    double c0 = cpu_seconds(), s0 = server_cpu_seconds();
+    double c0 = cpu_seconds(), s0 = server_cpu_seconds(), r0 = redis_cpu_seconds(), p0 = relay_cpu_seconds();
     int64_t n = (int64_t)(rate * step_s + 0.5);
     if (n < 1) n = 1;
     begin_plan(n, rate);
@@ -739,6 +872,7 @@ static int run_step(double rate, double step_s, int idx) {
     loop_until(now_ns() + (int64_t)(o_drain * 1e9), drained);
     int64_t t1 = now_ns();
     double cpu = cpu_seconds() - c0, scpu = server_cpu_seconds() - s0;
+    double rcpu = redis_cpu_seconds() - r0, pcpu = relay_cpu_seconds() - p0;
     int64_t ok = 0, last_send = t0;
     for (int64_t g = st_g0; g < ev_n; g++) {
         ok += ev_ok[g];
@@ -758,13 +892,16 @@ static int run_step(double rate, double step_s, int idx) {
            "\"offered_deliveries_per_s\":%.1f,\"deliveries_per_s\":%.1f,\"lat_samples\":%lld,"
            "\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,"
            "\"publish_s\":%.3f,\"drain_s\":%.3f,\"loadgen_cpu_s\":%.3f,\"loadgen_cpu_pct\":%.1f,"
-           "\"server_cpu_pct\":%.1f,\"events_per_read\":%.2f,\"loss_free\":%s,\"pass\":%s}\n",
+           "\"server_cpu_pct\":%.1f,\"redis_cpu_pct\":%.1f,\"relay_cpu_pct\":%.1f,\"server_cpu_us_per_event\":%.1f,"
+           "\"events_per_read\":%.2f,\"loss_free\":%s,\"pass\":%s}\n",
            idx, rate, o_subs, (long long)n_open, o_channels, (long long)n, (long long)sent, (long long)ok, achieved,
            (long long)st_expected, (long long)st_received, (long long)lost, (long long)st_late, (long long)st_dups,
            (long long)st_order, (long long)(n_closed_unexpected - closed0), rate * o_subs / o_channels,
            (double)st_received / pub_secs, (long long)hist_n, p50, p90, p99, p999, (double)hist_max_us / 1000.0,
            pub_secs, (double)(t1 - pub_end) / 1e9, cpu, 100.0 * cpu / ((double)(t1 - t0) / 1e9),
-           100.0 * scpu / ((double)(t1 - t0) / 1e9), st_reads ? (double)st_received / (double)st_reads : 0.0,
+           100.0 * scpu / ((double)(t1 - t0) / 1e9), 100.0 * rcpu / ((double)(t1 - t0) / 1e9),
+           100.0 * pcpu / ((double)(t1 - t0) / 1e9), ok ? 1e6 * scpu / (double)ok : 0.0,
+           st_reads ? (double)st_received / (double)st_reads : 0.0,
            loss_free ? "true" : "false", pass ? "true" : "false");
     fflush(stdout);
     return pass | (loss_free << 1);
@@ -834,7 +971,8 @@ static int storm_reconnect_settled(void) {
 }
 
 static void mode_storm(void) {
-    o_pub_conns = 1; /* one POST in flight: the channel order is the publish order */
+    if (o_pub_exec) o_pub_window = 1; /* one event in flight: the channel order is the publish order */
+    else o_pub_conns = 1;             /* one POST in flight: likewise */
     storm_phase = 1;
     open_subs("initial");
     begin_plan(o_warm, 50);
@@ -910,7 +1048,14 @@ int main(int argc, char **argv) {
         else if (OPT("--refine")) o_refine = atoi(v);
         else if (OPT("--recover")) o_recover = atof(v);
         else if (OPT("--behind")) o_behind = atoi(v);
-        else if (OPT("--server-pids")) {
+        else if (OPT("--pub-exec")) o_pub_exec = v;
+        else if (OPT("--pub-window")) o_pub_window = atoi(v);
+        else if (OPT("--redis-pids")) {
+            char *dup = strdup(v), *save = NULL;
+            for (char *tok = strtok_r(dup, ",", &save); tok && o_nredis_pids < 8; tok = strtok_r(NULL, ",", &save))
+                o_redis_pids[o_nredis_pids++] = atoi(tok);
+            free(dup);
+        } else if (OPT("--server-pids")) {
             char *dup = strdup(v), *save = NULL;
             for (char *tok = strtok_r(dup, ",", &save); tok && o_nserver_pids < 32; tok = strtok_r(NULL, ",", &save))
                 o_server_pids[o_nserver_pids++] = atoi(tok);
@@ -926,7 +1071,7 @@ int main(int argc, char **argv) {
         else usage();
 #undef OPT
     }
-    if (!o_port || o_subs < 0 || o_channels < 1 || o_pub_conns < 1 || o_inflight < 1) usage();
+    if (!o_port || o_subs < 0 || o_channels < 1 || o_pub_conns < 1 || o_inflight < 1 || o_pub_window < 1) usage();
     if (o_header && (strlen(o_header) > 256 || strpbrk(o_header, "\r\n") || !strchr(o_header, ':'))) usage();
     if (o_channels > o_subs && o_subs > 0) o_channels = o_subs;
     signal(SIGPIPE, SIG_IGN);
@@ -958,11 +1103,17 @@ int main(int argc, char **argv) {
     }
     for (int k = 0; k < o_pub_conns; k++) {
         pubs[k].fd = -1;
-        pubs[k].kind = K_PUB;
+        pubs[k].kind = o_pub_exec ? K_RELAY : K_PUB;
         pubs[k].last_g = -1;
-        pub_connect(&pubs[k]);
+        if (o_pub_exec) relay_start(&pubs[k]);
+        else pub_connect(&pubs[k]);
     }
-    loop_until(now_ns() + 5000000000LL, pubs_ready);
+    /* relays are Python processes: give them time to import and connect */
+    loop_until(now_ns() + (o_pub_exec ? 30000000000LL : 5000000000LL), pubs_ready);
+    if (!pubs_ready()) {
+        printf("{\"type\":\"error\",\"error\":\"publishers not ready\"}\n");
+        fflush(stdout);
+    }
     double c0 = cpu_seconds();
     int64_t t0 = now_ns();
     if (strcmp(o_mode, "idle") == 0) mode_idle();
@@ -975,5 +1126,6 @@ int main(int argc, char **argv) {
            "\"interrupted\":%s}\n",
            cpu, wall, wall > 0 ? 100.0 * cpu / wall : 0.0, perr, stop_flag ? "true" : "false");
     fflush(stdout);
+    stop_relays();
     return 0;
 }

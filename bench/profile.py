@@ -5,6 +5,11 @@ subscribers from the C load generator on core 1,
 publishes at a fixed rate (``BENCH_PROFILE_RATE`` events/s, default 200) for ~10 s while ``py-spy record`` samples
 the hub, and writes ``bench/results/tmp/profile-<rate>.svg`` (flame graph), ``.txt`` (raw stacks) and prints the
 functions and lines with the most samples. py-spy needs ptrace rights (root, or CAP_SYS_PTRACE).
+
+Each step also prints the hub's CPU time per published event, read from /proc: on a busy machine a steadier
+figure than throughput. ``BENCH_PROFILE_SPY=0`` skips py-spy (only the CPU figures); with Redis,
+``BENCH_PROFILE_REDIS_CORE=1`` moves redis-server to core 1 and ``BENCH_PROFILE_PUBLISH=worker`` publishes from 4
+worker processes with ``ssehub.Publisher`` (bench/relay.py) instead of over HTTP.
 """
 
 from __future__ import annotations
@@ -49,21 +54,29 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     if (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {int(loadgen.LOAD_CORE)})
-    redis = Redis().start() if os.environ.get("BENCH_PROFILE_BROKER") == "redis" else None
+    use_redis = os.environ.get("BENCH_PROFILE_BROKER") == "redis"
+    redis = Redis(core=os.environ.get("BENCH_PROFILE_REDIS_CORE", "0")).start() if use_redis else None
+    spy = os.environ.get("BENCH_PROFILE_SPY", "1") != "0"
     name = f"profile-{'redis-' if redis else ''}{rate}"
     raw, svg = OUT / f"{name}.txt", OUT / f"{name}.svg"
     server: Ssehub | None = None
     spies: list[subprocess.Popen[bytes]] = []
     try:
         server = Ssehub(redis).start()
-        for fmt, path in (("raw", raw), ("flamegraph", svg)):
+        for fmt, path in (("raw", raw), ("flamegraph", svg)) if spy else ():
             spies.append(subprocess.Popen(
                 [str(PY_SPY), "record", "-p", str(server.pid), "-d", "13", "-r", "250", "-f", fmt,
                  "-o", str(path), "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))  # fmt: skip
-        lines = loadgen.run(server, "ladder", 1000, timeout=60,
-                            args=("--rates", f"{rate},{rate}", "--step", "5", "--no-stop", "--pub-conns", "8"))
+        extra: list[str] = []
+        if redis is not None and os.environ.get("BENCH_PROFILE_PUBLISH") == "worker":
+            extra += ["--pub-exec", server.relay_command(), "--pub-window", "64"]
+        if redis is not None and redis.core != server.core:
+            extra += ["--redis-pids", ",".join(str(pid) for pid in redis.pids())]
+        lines = loadgen.run(server, "ladder", 1000, timeout=90,
+                            args=("--rates", f"{rate},{rate}", "--step", "5", "--no-stop", "--pub-conns",
+                                  "4" if "--pub-exec" in extra else "8", *extra))  # fmt: skip
         for spy in spies:
             spy.wait(timeout=30)
     finally:
@@ -77,7 +90,11 @@ def main() -> int:
             redis.stop()
     for step in loadgen.of_type(lines, "step"):
         print(f"{step['rate']:g} ev/s x 1000: {step['deliveries_per_s']:,.0f} deliveries/s, lost {step['lost']}, "
-              f"p50 {step['p50_ms']} ms, p99 {step['p99_ms']} ms, server CPU {step['server_cpu_pct']}%")  # fmt: skip
+              f"p50 {step['p50_ms']} ms, p99 {step['p99_ms']} ms, server CPU {step['server_cpu_pct']}% "
+              f"({step.get('server_cpu_us_per_event')} us per event), Redis on core 1 {step.get('redis_cpu_pct')}%, "
+              f"worker relays {step.get('relay_cpu_pct')}%, events per read {step.get('events_per_read')}")  # fmt: skip
+    if not spy:
+        return 0
     if raw.exists():
         print(summarize(raw))
         print(f"\nflame graph: {svg}")

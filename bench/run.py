@@ -1,10 +1,13 @@
-"""`make bench`: ssehub against nginx + nchan and the naive baseline, on loopback, in under 10 minutes.
+"""`make bench`: ssehub against nginx + nchan and the naive baseline, on loopback, in about 12 minutes.
 
 Every server is pinned to core 0 (``taskset -c 0``, Redis included), the C load generator and this script to
-core 1. Scenarios, each on a fresh server: idle capacity, fan-out ladder, many channels, light load, resume storm,
-and fan-out + light load again on the Redis broker. Results go to ``bench/results/<date>.json`` and ``.md``, plots
+core 1. Scenarios, each on a fresh server: idle capacity, fan-out ladder, many channels, light load, reconnect
+storm, and fan-out + light load again on the Redis broker. Two more fan-out ladders on Redis show where its time
+goes: ``ssehub-redis-worker`` publishes from worker processes with ``ssehub.Publisher`` (bench/relay.py, on core 1
+with the load generator) instead of over HTTP; ``ssehub-redis-core1`` moves redis-server to core 1 (beside the
+load generator), leaving core 0 to the hub alone. Results go to ``bench/results/<date>.json`` and ``.md``, plots
 to ``bench/results/*.png``, and the table into ``docs/performance.md``. ``BENCH_QUICK=1`` runs everything at a
-small scale (< 90 s) into ``bench/results/tmp/`` for a smoke test and leaves the docs alone.
+small scale (< 2 min) into ``bench/results/tmp/`` for a smoke test and leaves the docs alone.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Scale:
     hold: float
     fanout_subs: int
     fanout_rates: tuple[float, ...]  # events/s; doubling, then --refine bisections
+    redis_variant_rates: tuple[float, ...]  # the two extra Redis ladders skip the rungs every system passes
     naive_rates: tuple[float, ...]
     refine: int
     step: float
@@ -51,14 +55,20 @@ class Scale:
 
 FULL = Scale(
     idle_subs=10_000, hold=3, fanout_subs=1000, fanout_rates=(10, 20, 40, 80, 160, 320, 640, 1280, 2560, 5120),
+    redis_variant_rates=(160, 320, 640, 1280, 2560, 5120),
     naive_rates=(1, 2, 4, 8, 16, 32, 64), refine=3, step=5, many_subs=10_000, many_rate=2000, many_step=8,
-    light_subs=100, light_rate=10, light_step=8, storm_subs=1000, storm_behind=100, budget_s=540,
+    light_subs=100, light_rate=10, light_step=8, storm_subs=10_000, storm_behind=50, budget_s=700,
 )  # fmt: skip
 QUICK = Scale(
-    idle_subs=1000, hold=1, fanout_subs=200, fanout_rates=(50, 200, 800), naive_rates=(5, 20, 80), refine=0,
-    step=1.5, many_subs=1000, many_rate=500, many_step=1.5, light_subs=20, light_rate=10, light_step=1.5,
-    storm_subs=100, storm_behind=20, budget_s=84,
+    idle_subs=1000, hold=1, fanout_subs=200, fanout_rates=(50, 200, 800), redis_variant_rates=(200, 800),
+    naive_rates=(5, 20, 80), refine=0, step=1.5, many_subs=1000, many_rate=500, many_step=1.5, light_subs=20,
+    light_rate=10, light_step=1.5, storm_subs=1000, storm_behind=20, budget_s=140,
 )  # fmt: skip
+
+#: Systems of the fan-out ladder: the peers, ssehub on each broker, and the two Redis variants.
+REDIS_VARIANTS = ("ssehub-redis-worker", "ssehub-redis-core1")
+#: Worker processes publishing with ssehub.Publisher in the ssehub-redis-worker ladder.
+RELAYS = 4
 
 P99_MAX_MS = 100.0
 
@@ -97,7 +107,9 @@ class Bench:
 
     @staticmethod
     def start(system: str) -> tuple[Server, Redis | None]:
-        redis = Redis().start() if system in ("naive", "ssehub-redis") else None
+        redis = None
+        if system == "naive" or system.startswith("ssehub-redis"):
+            redis = Redis(core="1" if system == "ssehub-redis-core1" else "0").start()
         try:
             if system == "nchan":
                 server: Server = Nchan()
@@ -179,6 +191,7 @@ class Bench:
                 "--refine", str(refine), "--p99-max-ms", f"{P99_MAX_MS:g}", "--pub-conns", str(pub_conns),
                 "--connect-inflight", "500", "--connect-timeout", "60", "--warmup", "1" if step >= 4 else "0.5",
             ]  # fmt: skip
+            args += self.variant_args(system, server)
             if not stop:
                 args.append("--no-stop")
             if loss_only:
@@ -210,9 +223,24 @@ class Bench:
 
         return self.with_server(system, body)()
 
+    @staticmethod
+    def variant_args(system: str, server: Server) -> list[str]:
+        """Load generator options of the Redis variants: worker relays instead of HTTP, or Redis's own CPU."""
+        assert isinstance(server, Ssehub) or system not in REDIS_VARIANTS
+        if system == "ssehub-redis-worker":
+            assert isinstance(server, Ssehub)
+            return ["--pub-exec", server.relay_command(), "--pub-conns", str(RELAYS), "--pub-window", "64"]
+        if system == "ssehub-redis-core1":
+            assert isinstance(server, Ssehub)
+            assert server.redis is not None
+            return ["--redis-pids", ",".join(str(pid) for pid in server.redis.pids())]
+        return []
+
     def fanout(self, system: str) -> dict[str, Any]:
         naive = system == "naive"
         rates = self.scale.naive_rates if naive else self.scale.fanout_rates
+        if system in REDIS_VARIANTS:
+            rates = self.scale.redis_variant_rates
         # the baseline misses p99 < 100 ms even at 1 event/s: find its loss-free peak instead of stopping there
         # 32 publishing connections: one POST in flight each, so a busy server's slower answers do not cap the rate
         return self.ladder(system, self.scale.fanout_subs, 1, rates, self.scale.step, refine=self.scale.refine,
@@ -234,10 +262,11 @@ class Bench:
     def storm(self, system: str) -> dict[str, Any]:
         def body(server: Server) -> dict[str, Any]:
             subs = self.scale.storm_subs
+            # Every subscriber reconnects at once (as after a node died): as many handshakes in flight as clients.
             lines = loadgen.run(
-                server, "storm", subs, timeout=90,
+                server, "storm", subs, timeout=150,
                 args=("--behind", str(self.scale.storm_behind), "--warm", "5", "--connect-inflight", str(subs),
-                      "--connect-timeout", "30", "--drain", "5"),
+                      "--connect-timeout", "60", "--drain", "10"),
             )  # fmt: skip
             storm = loadgen.of_type(lines, "storm")
             result: dict[str, Any] = {"subs": subs, "behind": self.scale.storm_behind, "loadgen": lines}
@@ -252,7 +281,7 @@ class Bench:
         self.results.update(metadata(self.scale, self.quick))
         for system in ("ssehub", "nchan", "naive"):
             self.record("idle", system, lambda s=system: self.idle(s))
-        for system in ("ssehub", "nchan", "naive", "ssehub-redis"):
+        for system in ("ssehub", "nchan", "naive", "ssehub-redis", *REDIS_VARIANTS):
             self.record("fanout", system, lambda s=system: self.fanout(s))
         for system in ("ssehub", "nchan", "ssehub-redis", "naive"):
             self.record("light", system, lambda s=system: self.light(s))
@@ -290,8 +319,10 @@ def metadata(scale: Scale, quick: bool) -> dict[str, Any]:
             "rlimit_nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
         },
         "pinning": {
-            "servers": "taskset -c 0 (hub, nginx master+worker, uvicorn, and every redis-server)",
-            "load": f"taskset -c {loadgen.LOAD_CORE} (C load generator with its publisher, and this script)",
+            "servers": "taskset -c 0 (hub, nginx master+worker, uvicorn, and every redis-server except the one of "
+                       "ssehub-redis-core1)",
+            "load": f"taskset -c {loadgen.LOAD_CORE} (C load generator with its publisher, this script, the worker "
+                    "relays of ssehub-redis-worker and the redis-server of ssehub-redis-core1)",
         },
         "systems": {
             "ssehub": Ssehub.version(), "nchan": Nchan.version(), "naive": Naive.version(), "redis": Redis.version(),

@@ -170,7 +170,13 @@ class Server:
 
 
 class Redis(Server):
+    """Our own redis-server; ``core`` "1" puts it beside the load generator instead of beside the hub."""
+
     name = "redis"
+
+    def __init__(self, core: str = "0") -> None:
+        super().__init__()
+        self.core = core
 
     def command(self) -> list[str]:
         return [
@@ -219,6 +225,8 @@ class Ssehub(Server):
             SSEHUB_PUBLISH_RATE="0",
             SSEHUB_BROKER_URL=self.redis.url if self.redis else "memory://",
             SSEHUB_LOG_LEVEL="warning",  # no access log line per request, as for the peers
+            # this working tree's ssehub, even when the venv holds an (editable) install of another checkout
+            PYTHONPATH=str(ROOT),
         )
         if self.auth:
             key = {"key": BENCH_API_KEY, "scopes": ["subscribe", "publish"], "channels": ["bench*"], "name": "bench"}
@@ -226,8 +234,15 @@ class Ssehub(Server):
         return env
 
     def pids(self) -> list[int]:
+        # Redis counts as the server's only while it shares the hub's core.
         pids = super().pids()
-        return pids + (self.redis.pids() if self.redis else [])
+        return pids + (self.redis.pids() if self.redis and self.redis.core == self.core else [])
+
+    def relay_command(self) -> str:
+        """The ``loadgen --pub-exec`` command: bench/relay.py publishing with ssehub.Publisher to our Redis."""
+        assert self.redis is not None
+        # exec: the relay process is the one the load generator started (its CPU is read by PID)
+        return f"exec env PYTHONPATH={ROOT} {ROOT / '.venv/bin/python'} {BENCH / 'relay.py'} {self.redis.url} 20000"
 
     @staticmethod
     def version() -> str:

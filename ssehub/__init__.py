@@ -22,6 +22,7 @@ from ssehub.exceptions import (
     LimitExceededError,
     MissingDependencyError,
     PermissionDeniedError,
+    PublishManyError,
     SSEHubError,
     UnknownChannelError,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "MemoryBroker",
     "MissingDependencyError",
     "PermissionDeniedError",
+    "PublishManyError",
     "Publisher",
     "RedisBroker",
     "SSEHubError",

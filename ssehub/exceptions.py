@@ -10,6 +10,7 @@ Hierarchy (kept shallow on purpose)::
     ├── HubNotRunningError     the hub was not started (or is shutting down)
     ├── BrokerUnavailableError the broker cannot be reached; nothing was accepted
     ├── ChannelLimitError      the broker holds as many channels as it may
+    ├── PublishManyError       some events of a publish_many were not stored (each event's outcome inside)
     ├── LimitExceededError     a request went past a size, time, count or rate limit (413, 408, 429)
     ├── AuthenticationError    missing, unknown, malformed or expired credentials (401)
     ├── PermissionDeniedError  valid credentials that do not grant this channel or action (403)
@@ -62,6 +63,20 @@ class BrokerUnavailableError(SSEHubError):
 
 class ChannelLimitError(SSEHubError):
     """Publishing would create a channel beyond the broker's channel limit."""
+
+
+class PublishManyError(SSEHubError):
+    """Some events of a ``publish_many`` were not stored; the others were, in order.
+
+    Attributes:
+        outcomes: one entry per event, in the order given: its id, or the error that kept it out
+            (ChannelLimitError, BrokerUnavailableError; an event never sent gets the error that stopped the rest).
+    """
+
+    def __init__(self, outcomes: list[str | SSEHubError]) -> None:
+        failed = [outcome for outcome in outcomes if not isinstance(outcome, str)]
+        super().__init__(f"{len(failed)} of {len(outcomes)} events were not published; first error: {failed[0]}")
+        self.outcomes = outcomes
 
 
 class AuthenticationError(SSEHubError):

@@ -85,6 +85,7 @@ class Hub:
 
     async def __aenter__(self) -> Hub:
         self.auth.announce()
+        self.broker.accept_batches(self._on_events)
         await self.broker.start(self._on_event, self._on_gap)
         self._running = True
         self._spawn(self._heartbeat_loop(), "ssehub-heartbeat")
@@ -181,18 +182,59 @@ class Hub:
             for sub in index.catching:
                 sub.hold(event)
         if index.by_field:
-            fields = event.fields
-            for name, by_value in index.by_field.items():
-                key = filter_key(fields.get(name, MISSING))
-                subs = by_value.get(key) if key is not None else None
-                if subs:
-                    stats.delivered += len(subs)
-                    for sub in subs:
-                        if sub.rest is None or sub.accepts(fields):
-                            sub.hold(event)
-                        else:
-                            stats.delivered -= 1  # only rejected ones pay: counted per event, not per delivery
+            stats.delivered += self._fan_out_filtered(index, event)
         self._flusher.note(event.id.ms)
+
+    def _on_events(self, events: Sequence[Event]) -> None:
+        """The broker's batch callback: ``_on_event`` for each event, in order, except that a run of one
+        channel's events reaches each caught-up unfiltered connection in ONE push (one buffer entry, one
+        bounds check) instead of one per event. Never awaits."""
+        stats = self.stats
+        stats.received += len(events)
+        count = len(events)
+        start = 0
+        while start < count:
+            channel = events[start].channel
+            end = start + 1
+            while end < count and events[end].channel == channel:
+                end += 1
+            run = events[start:end]
+            start = end
+            index = self._index.get(channel)
+            if index is None:
+                continue
+            if index.live:
+                stats.delivered += len(index.live) * len(run)
+                frames = b"".join([event.frame for event in run])
+                chunks = b"".join([event.chunk for event in run])
+                for connection in index.live:
+                    connection.push(frames, chunks)
+            if index.catching:
+                stats.delivered += len(index.catching) * len(run)
+                for sub in index.catching:
+                    for event in run:
+                        sub.hold(event)
+            if index.by_field:
+                for event in run:
+                    stats.delivered += self._fan_out_filtered(index, event)
+            self._flusher.note(run[0].id.ms)
+
+    @staticmethod
+    def _fan_out_filtered(index: ChannelIndex, event: Event) -> int:
+        """Hand ``event`` to the filtered subscriptions it matches; return how many."""
+        delivered = 0
+        fields = event.fields
+        for name, by_value in index.by_field.items():
+            key = filter_key(fields.get(name, MISSING))
+            subs = by_value.get(key) if key is not None else None
+            if subs:
+                delivered += len(subs)
+                for sub in subs:
+                    if sub.rest is None or sub.accepts(fields):
+                        sub.hold(event)
+                    else:
+                        delivered -= 1  # only rejected ones pay: counted per event, not per delivery
+        return delivered
 
     def _on_gap(self, channels: Sequence[str]) -> None:
         """The broker lost live events of ``channels`` that history no longer holds: end those streams.

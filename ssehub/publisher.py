@@ -11,6 +11,10 @@ trims with the values its caller passes)::
 
     with Publisher.from_url("redis://localhost:6379/0") as publisher:
         publisher.publish_download_progress("dl-42", 37.5, speed="1.2 MB/s")
+        publisher.publish_many([("queue:updates", "queue_update", {"size": 3}), ("x", "e", [1, 2])])
+
+``publish_many`` sends many events per round trip (``publish_batch.lua``, up to ``MAX_BATCH`` events per call):
+each event is still stored before it is announced and succeeds or fails on its own, in the order given.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
+from ssehub.brokers._redis_layout import batch_outcomes
 from ssehub.brokers.redis import DEFAULT_PREFIX, PublishScript
 from ssehub.brokers.redis_client import (
     ClientOptions,
@@ -31,7 +36,7 @@ from ssehub.brokers.redis_client import (
     require_redis,
 )
 from ssehub.events import dump_json, validate_channel, validate_event_type
-from ssehub.exceptions import BrokerUnavailableError, InvalidValueError
+from ssehub.exceptions import BrokerUnavailableError, InvalidValueError, PublishManyError, SSEHubError
 
 if TYPE_CHECKING:
     import redis
@@ -118,6 +123,24 @@ class _Base(Generic[ClientT]):
         # dump_json raises InvalidValueError (code INVALID_DATA) for NaN, infinities and non-JSON values.
         return self._publishing.call(channel, event, dump_json(data))
 
+    def _batches(self, events: Iterable[tuple[str, str, Any]]) -> list[tuple[list[str], list[str | int], int]]:
+        """Validate and serialize every event first (nothing is sent if one is bad); KEYS/ARGV per script call."""
+        items: list[tuple[str, str, str]] = []
+        for channel, event, data in events:
+            validate_channel(channel)
+            validate_event_type(event)
+            items.append((channel, event, dump_json(data)))
+        return self._publishing.batch_calls(items)
+
+    @staticmethod
+    def _finish(outcomes: list[str | SSEHubError], total: int, error: SSEHubError | None) -> list[str]:
+        """The ids, or PublishManyError when any event was not stored (``error`` stopped the calls left)."""
+        if error is not None:
+            outcomes = outcomes + [error] * (total - len(outcomes))
+        if all(isinstance(outcome, str) for outcome in outcomes):
+            return [str(outcome) for outcome in outcomes]
+        raise PublishManyError(outcomes)
+
     @staticmethod
     def _download_progress(download_id: str | int, progress: float, extra: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(progress, bool) or not isinstance(progress, (int, float)) or not math.isfinite(progress):
@@ -139,6 +162,7 @@ class Publisher(_Base["redis.Redis"]):
         super().__init__(client, **kwargs)
         self._slots = threading.BoundedSemaphore(self._pool_size)
         self._script: Script = client.register_script(self._publishing.source)
+        self._batch_script: Script = client.register_script(self._publishing.batch_source)
 
     @staticmethod
     def _connect(target: RedisTarget, options: ClientOptions) -> tuple[redis.Redis, list[redis.Redis]]:
@@ -164,6 +188,39 @@ class Publisher(_Base["redis.Redis"]):
             raise self._publishing.error(exc) from exc
         finally:
             self._slots.release()
+
+    def publish_many(self, events: Iterable[tuple[str, str, Any]]) -> list[str]:
+        """Publish ``(channel, event, data)`` items in order, many per round trip; return their ids.
+
+        Each event is stored and announced atomically and fails on its own: one refused event (a new channel
+        beyond ``max_channels``) does not stop or reorder the others. The list as a whole is not atomic.
+
+        Raises:
+            InvalidValueError: a bad channel, event type or data (checked for all before anything is sent).
+            PublishManyError: some events were not stored; ``outcomes`` has each event's id or error. If Redis
+                could not be reached, the events not yet sent carry that BrokerUnavailableError.
+        """
+        from redis.exceptions import RedisError
+
+        calls = self._batches(events)
+        total = sum(count for _keys, _args, count in calls)
+        outcomes: list[str | SSEHubError] = []
+        error: SSEHubError | None = None
+        for keys, args, count in calls:
+            if not self._slots.acquire(timeout=self._slot_timeout):
+                error = BrokerUnavailableError(f"no free Redis connection within {self._slot_timeout:g}s")
+                break
+            try:
+                outcomes += batch_outcomes(self._batch_script(keys=keys, args=args, client=self._client), count)
+            except (RedisError, OSError) as exc:
+                error = self._publishing.error(exc)
+                break
+            except SSEHubError as exc:
+                error = exc
+                break
+            finally:
+                self._slots.release()
+        return self._finish(outcomes, total, error)
 
     def publish_download_progress(self, download_id: str | int, progress: float, **extra: Any) -> str:
         """``download_progress`` on ``download:updates``: ``{"download_id", "progress", **extra}``."""
@@ -196,6 +253,7 @@ class AsyncPublisher(_Base["redis.asyncio.Redis"]):
         super().__init__(client, **kwargs)
         self._slots = asyncio.Semaphore(self._pool_size)
         self._script: AsyncScript = client.register_script(self._publishing.source)
+        self._batch_script: AsyncScript = client.register_script(self._publishing.batch_source)
 
     @staticmethod
     def _connect(target: RedisTarget, options: ClientOptions) -> tuple[redis.asyncio.Redis, list[redis.asyncio.Redis]]:
@@ -218,6 +276,38 @@ class AsyncPublisher(_Base["redis.asyncio.Redis"]):
             raise self._publishing.error(exc) from exc
         finally:
             self._slots.release()
+
+    async def publish_many(self, events: Iterable[tuple[str, str, Any]]) -> list[str]:
+        """Publish ``(channel, event, data)`` items in order, many per round trip (see :meth:`Publisher.publish_many`).
+
+        Raises:
+            InvalidValueError: a bad channel, event type or data (nothing is sent).
+            PublishManyError: some events were not stored; ``outcomes`` has each event's id or error.
+        """
+        from redis.exceptions import RedisError
+
+        calls = self._batches(events)
+        total = sum(count for _keys, _args, count in calls)
+        outcomes: list[str | SSEHubError] = []
+        error: SSEHubError | None = None
+        for keys, args, count in calls:
+            try:
+                async with asyncio.timeout(self._slot_timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                error = BrokerUnavailableError(f"no free Redis connection within {self._slot_timeout:g}s")
+                break
+            try:
+                outcomes += batch_outcomes(await self._batch_script(keys=keys, args=args, client=self._client), count)
+            except (RedisError, OSError) as exc:
+                error = self._publishing.error(exc)
+                break
+            except SSEHubError as exc:
+                error = exc
+                break
+            finally:
+                self._slots.release()
+        return self._finish(outcomes, total, error)
 
     async def publish_download_progress(self, download_id: str | int, progress: float, **extra: Any) -> str:
         """``download_progress`` on ``download:updates``: ``{"download_id", "progress", **extra}``."""

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ssehub.brokers._cluster_layout import Topology, make_shard_client
-from ssehub.brokers._redis_layout import translate_error
+from ssehub.brokers._redis_layout import PUBSUB_TYPES, translate_error
 from ssehub.brokers._shard_ids import ShardEvent
 from ssehub.events import EventId
 from ssehub.exceptions import BrokerUnavailableError
@@ -27,10 +27,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ssehub.brokers.cluster")
 
-#: The message types of pub/sub traffic; any other reply on the connection is a PONG.
-_PUBSUB_TYPES = frozenset(
-    {"message", "smessage", "pmessage", "subscribe", "ssubscribe", "psubscribe", "unsubscribe", "sunsubscribe"}
-)
 #: Events read per page when catching up after a reconnect.
 CATCH_UP_PAGE = 1000
 #: Seconds before the first reconnection attempt; doubled per failure up to the broker's maximum.
@@ -298,7 +294,7 @@ class ShardReader:
         while True:
             message = await pubsub.get_message(timeout=interval)
             if message is not None:
-                if message["type"] not in _PUBSUB_TYPES:
+                if message["type"] not in PUBSUB_TYPES:
                     # A PONG. redis-py with decode_responses=True does not recognise the subscribed-mode PING
                     # reply (it reports the reply text's letters as type, channel and data): anything that is
                     # not a pub/sub message or (un)subscription confirmation is a PONG.

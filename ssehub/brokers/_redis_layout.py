@@ -9,6 +9,7 @@ publish script touches the global ``last-id`` key and a channel's stream in one 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -19,8 +20,29 @@ from ssehub.exceptions import BrokerUnavailableError, ChannelLimitError, Invalid
 from ssehub.settings import validate_redis_prefix
 
 DEFAULT_PREFIX = "ssehub"
+#: The message types of pub/sub traffic. Any other reply on a pub/sub connection is the answer to a PING:
+#: redis-py reports it as type "pong" while subscribed, but with decode_responses=True and no subscription the
+#: plain "PONG" reply comes through as its letters (type "P"), so it is recognised by what it is not.
+PUBSUB_TYPES = frozenset(
+    {
+        "message",
+        "smessage",
+        "pmessage",
+        "subscribe",
+        "ssubscribe",
+        "psubscribe",
+        "unsubscribe",
+        "sunsubscribe",
+        "punsubscribe",
+    }
+)
 #: The error text the publish script starts with when a new channel would exceed ``max_channels``.
 CHANNEL_LIMIT_MARKER = "SSEHUB_CHANNEL_LIMIT"
+#: What ``publish_batch.lua`` answers, instead of an id, for an event that Redis failed to store.
+BATCH_ERROR_MARKER = "SSEHUB_ERROR"
+#: Events per ``publish_batch.lua`` call: a script blocks Redis while it runs, so a long list goes in several
+#: calls (each event is atomic; a list longer than this is not one atomic unit).
+MAX_BATCH = 256
 
 
 @cache
@@ -120,6 +142,45 @@ def publish_call(
     return keys, args
 
 
+def publish_batch_call(
+    layout: RedisLayout, options: PublishOptions, items: Sequence[tuple[str, str, str]]
+) -> tuple[list[str], list[str | int]]:
+    """The KEYS and ARGV of ``publish_batch.lua`` for ``(channel, event, data)`` items (at most MAX_BATCH)."""
+    keys = [layout.last_id, layout.floor, layout.channels]
+    args: list[str | int] = [
+        options.history_size,
+        options.ttl_ms,
+        options.max_channels,
+        layout.notify_prefix,
+        layout.stream_prefix,
+    ]
+    for channel, event, data in items:
+        keys.append(layout.stream(channel))
+        args += (channel, event, data)
+    return keys, args
+
+
+def batch_outcomes(results: Sequence[Any], count: int) -> list[str | SSEHubError]:
+    """Each event's id, or the ssehub error that refused it, from ``publish_batch.lua``'s answer.
+
+    Raises:
+        BrokerUnavailableError: the answer does not have one entry per event.
+    """
+    if not isinstance(results, list) or len(results) != count:
+        raise BrokerUnavailableError(f"Redis answered a batch of {count} events with {str(results)[:80]!r}")
+    outcomes: list[str | SSEHubError] = []
+    for result in results:
+        text = str(result)
+        if text.startswith(CHANNEL_LIMIT_MARKER):
+            outcomes.append(_channel_limit_error(text))
+        elif text.startswith(BATCH_ERROR_MARKER):
+            reason = text[len(BATCH_ERROR_MARKER) :].strip()[:200]
+            outcomes.append(BrokerUnavailableError(f"Redis failed to publish: {reason}"))
+        else:
+            outcomes.append(text)
+    return outcomes
+
+
 def parse_notification(layout: RedisLayout, pubsub_channel: str, payload: str) -> Event:
     """Turn a pub/sub notification (``<id>\\n<event>\\n<data>``) back into an Event.
 
@@ -137,8 +198,12 @@ def translate_error(exc: BaseException, action: str) -> SSEHubError:
     """The ssehub exception for a redis-py or OS error raised while doing ``action``."""
     text = str(exc)
     if text.startswith(CHANNEL_LIMIT_MARKER):
-        return ChannelLimitError(text[len(CHANNEL_LIMIT_MARKER) :].strip() + " (SSEHUB_MAX_CHANNELS)")
+        return _channel_limit_error(text)
     return BrokerUnavailableError(f"Redis failed to {action}: {type(exc).__name__}: {text[:200]}")
+
+
+def _channel_limit_error(text: str) -> ChannelLimitError:
+    return ChannelLimitError(text[len(CHANNEL_LIMIT_MARKER) :].strip() + " (SSEHUB_MAX_CHANNELS)")
 
 
 def events_from_entries(channel: str, entries: list[Any]) -> list[Event]:
@@ -161,7 +226,7 @@ class PublishScript:
         InvalidValueError: a bad prefix or retention value.
     """
 
-    __slots__ = ("layout", "options", "source")
+    __slots__ = ("batch_source", "layout", "options", "source")
 
     def __init__(
         self,
@@ -173,10 +238,21 @@ class PublishScript:
         self.layout = RedisLayout(prefix)
         self.options = PublishOptions(history_size, history_ttl, max_channels)
         self.source = load_script("publish.lua")
+        self.batch_source = load_script("publish_batch.lua")
 
     def call(self, channel: str, event: str, data: str) -> tuple[list[str], list[str | int]]:
         """The KEYS and ARGV for publishing one event (validated by the caller)."""
         return publish_call(self.layout, self.options, channel, event, data)
+
+    def batch_calls(self, items: Sequence[tuple[str, str, str]]) -> list[tuple[list[str], list[str | int], int]]:
+        """The KEYS, ARGV and event count of each ``publish_batch.lua`` call for ``items`` (validated by the
+        caller), MAX_BATCH events per call, in order."""
+        calls = []
+        for start in range(0, len(items), MAX_BATCH):
+            chunk = items[start : start + MAX_BATCH]
+            keys, args = publish_batch_call(self.layout, self.options, chunk)
+            calls.append((keys, args, len(chunk)))
+        return calls
 
     @staticmethod
     def error(exc: BaseException) -> SSEHubError:

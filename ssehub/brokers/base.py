@@ -22,6 +22,9 @@ from ssehub.events import Event, EventId, Position
 
 #: The hub's callback for live events. It runs in the event loop and must not block.
 DeliverCallback = Callable[[Event], None]
+#: The hub's callback for several live events at once, in id order: the same as calling the DeliverCallback for
+#: each in turn, but the hub can then queue a run of one channel's events on each connection in one step.
+DeliverManyCallback = Callable[[Sequence[Event]], None]
 #: The hub's callback for channels on which live delivery lost events that history no longer holds (a long
 #: outage of the broker's live connection). The hub ends those channels' streams; clients then resume and,
 #: their ids being older than the history, are told to reset.
@@ -75,6 +78,14 @@ class Broker(ABC):
 
     #: Whether several processes can share this broker (``ssehub serve --workers N`` needs it).
     shared_across_processes: bool = False
+
+    def accept_batches(self, deliver_many: DeliverManyCallback) -> None:  # noqa: B027 (optional, not abstract)
+        """Offer a batch callback; the hub calls this before :meth:`start`.
+
+        A broker that receives live events in batches (the Redis broker reads every notification already
+        received at once) may then hand each batch to ``deliver_many`` instead of each event to ``deliver``.
+        The default ignores the offer.
+        """
 
     @abstractmethod
     async def start(self, deliver: DeliverCallback, on_gap: GapCallback | None = None) -> None:

@@ -5,6 +5,14 @@ adds the event to the channel's stream, trims it and PUBLISHes a notification, a
 subscriber never sees an event that history lacks, nor the reverse, and notifications leave Redis in id
 order. The key layout and the script contract are in ``docs/redis-layout.md``.
 
+Publishes are batched without weakening either guarantee: every :meth:`RedisBroker.publish` made during one
+event-loop iteration goes to Redis in one ``publish_batch.lua`` call (one round trip), which stores and
+notifies each event exactly as ``publish.lua`` would, in order, and reports each event's own outcome. The
+reader likewise takes every notification already received at once and hands a run of one channel's events
+to the hub in one call, so the hub queues them on each connection in one step. Identical history reads (and
+``head`` calls) asked for during one iteration share one call, and read events are kept by id for later
+reads: a reconnect storm, where thousands of clients resume from the same id, costs a few reads.
+
 Each process holds one pub/sub connection, whatever the number of streams it serves, plus a small pool for
 commands. When the pub/sub connection drops, the reader reconnects with backoff and jitter, subscribes
 again, and reads from history every event after the last one it delivered before going live again; a
@@ -20,25 +28,28 @@ import heapq
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ssehub.brokers._redis_layout import (
     CHANNEL_LIMIT_MARKER,
     DEFAULT_PREFIX,
+    MAX_BATCH,
+    PUBSUB_TYPES,
     PublishOptions,
     PublishScript,
     RedisLayout,
+    batch_outcomes,
     events_from_entries,
     load_script,
     parse_notification,
     translate_error,
 )
-from ssehub.brokers.base import Broker, BrokerStatus, DeliverCallback, GapCallback, History
+from ssehub.brokers.base import Broker, BrokerStatus, DeliverCallback, DeliverManyCallback, GapCallback, History
 from ssehub.brokers.redis_client import ClientOptions, RedisTarget, connect_async, parse_redis_url, require_redis
 from ssehub.events import Event, EventId, validate_channel, validate_event_type
-from ssehub.exceptions import BrokerUnavailableError
+from ssehub.exceptions import BrokerUnavailableError, SSEHubError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -55,6 +66,23 @@ logger = logging.getLogger("ssehub.brokers.redis")
 _CATCH_UP_PAGE = 1000
 #: Seconds before the first reconnection attempt; doubled per failure up to ``reconnect_max_delay``.
 _FIRST_DELAY = 0.05
+_T = TypeVar("_T")
+#: Above every id: a channel's catch-up start while its subscription is being set up (see ``subscribe``).
+_NEVER = EventId(2**63 - 1, 2**63 - 1)
+#: Events read from history kept by (channel, id), so that many reads of one history (a reconnect storm: every
+#: client resumes from the same id) parse and encode each event once, not once per read.
+_RECENT_EVENTS = 4096
+#: Notifications the reader takes at once before handing them over (bounds the time between two hand-overs).
+_READ_BATCH = 1000
+
+
+class _Pending(NamedTuple):
+    """A publish waiting for the next batch: what to store, and where its caller waits for the outcome."""
+
+    channel: str
+    event: str
+    data: str
+    future: asyncio.Future[Event]
 
 
 class RedisBroker(Broker):
@@ -110,12 +138,23 @@ class RedisBroker(Broker):
         self._scripts: dict[str, AsyncScript] = {}
         self._slots = asyncio.Semaphore(pool_size)
         self._deliver: DeliverCallback | None = None
+        self._deliver_many: DeliverManyCallback | None = None
+        # Publishes of the current loop iteration, sent together by _send_queued; senders in flight.
+        self._queued: list[_Pending] = []
+        self._senders: set[asyncio.Task[None]] = set()
+        # Reads asked for during this loop iteration, by what they read (see _shared).
+        self._reads: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
+        self._recent: dict[tuple[str, str], Event] = {}
         self._on_gap: GapCallback | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pubsub: PubSub | None = None
         self._up = asyncio.Event()
         self._commands_ok = False
         self._channels: set[str] = set()
+        # Per channel, the head when its subscription was confirmed: older events were never due live here.
+        # (A catch-up reads from _last for every channel; a channel subscribed later may then look expired
+        # when it is not: its streams end and their clients resume exactly, which costs a reconnect only.)
+        self._since: dict[str, EventId] = {}
         self._confirm: dict[str, asyncio.Future[None]] = {}
         # The greatest id handed to ``deliver``; live notifications at or below it are duplicates.
         self._last: EventId | None = None
@@ -136,6 +175,10 @@ class RedisBroker(Broker):
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
+    def accept_batches(self, deliver_many: DeliverManyCallback) -> None:
+        """Hand each run of one channel's live events to ``deliver_many`` at once (see the module docstring)."""
+        self._deliver_many = deliver_many
+
     async def start(self, deliver: DeliverCallback, on_gap: GapCallback | None = None) -> None:
         """Connect and start the pub/sub reader; waits a bounded time for the first connection.
 
@@ -150,7 +193,7 @@ class RedisBroker(Broker):
         # The reader holds one pub/sub connection; 2 leaves room for the one being closed while it reconnects.
         self._pubsub_client, pubsub_helpers = connect_async(self._target, replace(options, pool_size=2))
         self._sentinel_clients = helpers + pubsub_helpers
-        for name in ("publish.lua", "read.lua", "head.lua"):
+        for name in ("publish_batch.lua", "read.lua", "head.lua"):
             self._scripts[name] = self._client.register_script(load_script(name))
         self._deliver = deliver
         self._on_gap = on_gap
@@ -164,13 +207,25 @@ class RedisBroker(Broker):
         """Stop the reader and close every connection."""
         reader, self._reader = self._reader, None
         self._deliver = None
+        self._deliver_many = None
         self._on_gap = None
-        if reader is not None:
-            reader.cancel()
-            # asyncio.wait does not raise the reader's CancelledError, so our own cancellation still propagates.
-            await asyncio.wait([reader], timeout=self._socket_timeout + 1)
-        self._fail_pending(BrokerUnavailableError("the broker stopped"))
+        stopped = BrokerUnavailableError("the broker stopped")
+        queued, self._queued = self._queued, []
+        self._fail_publishes(queued, stopped)
+        reads, self._reads = self._reads, {}
+        for future in reads.values():  # their tasks are cancelled below, maybe before they ran
+            if not future.done():
+                future.set_exception(stopped)
+                future.exception()
+        tasks = [task for task in (reader, *self._senders) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # asyncio.wait does not raise the tasks' CancelledError, so our own cancellation still propagates.
+            await asyncio.wait(tasks, timeout=self._socket_timeout + 1)
+        self._fail_pending(stopped)
         self._channels.clear()
+        self._since.clear()
         self._up.clear()
         self._commands_ok = False
         clients = [c for c in (self._client, self._pubsub_client, *self._sentinel_clients) if c is not None]
@@ -201,7 +256,10 @@ class RedisBroker(Broker):
         return result
 
     async def publish(self, channel: str, event: str, data: str) -> Event:
-        """Store the event and notify every hub, atomically (one Lua script); return it with its id.
+        """Store the event and notify every hub, atomically; return it with its id.
+
+        Publishes made during one loop iteration share one script call (see the module docstring); each is
+        still stored before it is announced, and fails or succeeds on its own.
 
         Raises:
             BrokerUnavailableError: Redis cannot be reached; nothing was stored.
@@ -209,16 +267,73 @@ class RedisBroker(Broker):
         """
         validate_channel(channel)
         validate_event_type(event)
-        keys, args = self._publishing.call(channel, event, data)
-        id_text = await self._call("publish.lua", keys, args, "publish")
-        return Event(EventId.parse(str(id_text)), channel, event, data)
+        if self._client is None:
+            raise BrokerUnavailableError("the Redis broker is not started")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Event] = loop.create_future()
+        self._queued.append(_Pending(channel, event, data, future))
+        if len(self._queued) == 1:
+            self._spawn_sender()
+        return await future
+
+    def _spawn_sender(self) -> None:
+        # A new task's first step runs in the next loop iteration, after every callback of this one: whatever
+        # else publishes during this iteration joins the batch, at no extra hop of latency.
+        task = asyncio.get_running_loop().create_task(self._send_queued())
+        self._senders.add(task)
+        task.add_done_callback(self._senders.discard)
+
+    async def _send_queued(self) -> None:
+        batch = self._queued[:MAX_BATCH]
+        del self._queued[:MAX_BATCH]
+        if self._queued:
+            self._spawn_sender()  # more than one call's worth: the rest goes in parallel, next iteration
+        await self._send_batch(batch)
+
+    async def _send_batch(self, batch: list[_Pending]) -> None:
+        """One ``publish_batch.lua`` call for the batch; each caller gets its own event or its own error."""
+        items = [(p.channel, p.event, p.data) for p in batch]
+        ((keys, args, _count),) = self._publishing.batch_calls(items)
+        try:
+            try:
+                result = await self._call("publish_batch.lua", keys, args, "publish")
+                outcomes = batch_outcomes(result, len(batch))
+            except SSEHubError as exc:
+                self._fail_publishes(batch, exc)
+                return
+            for pending, outcome in zip(batch, outcomes, strict=True):
+                if pending.future.done():
+                    continue  # its caller was cancelled; the event is stored all the same
+                if isinstance(outcome, str):
+                    event = Event(EventId.parse(outcome), pending.channel, pending.event, pending.data)
+                    pending.future.set_result(event)
+                else:
+                    pending.future.set_exception(outcome)
+        finally:
+            # Cancelled by stop() (or a bug): no caller may wait for an answer that will never come.
+            self._fail_publishes(batch, BrokerUnavailableError("the broker stopped before Redis answered"))
+
+    @staticmethod
+    def _fail_publishes(batch: list[_Pending], error: BaseException) -> None:
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(error)
 
     async def read_since(self, channels: Sequence[str], after: EventId, limit: int) -> History:
         """Stored events after ``after`` on ``channels`` in id order (one atomic read with the head).
 
+        Identical reads asked for during one loop iteration share one Redis call (see :meth:`_shared`): in a
+        reconnect storm, thousands of clients resume from the same id.
+
         Raises:
             BrokerUnavailableError: Redis cannot be reached.
         """
+        key = ("read", tuple(channels), after, limit)
+        shared = await self._shared(key, lambda: self._read_since(channels, after, limit))
+        # Each caller gets its own lists: the hub keeps them as a stream's backlog.
+        return History(events=list(shared.events), head=shared.head, expired=list(shared.expired))
+
+    async def _read_since(self, channels: Sequence[str], after: EventId, limit: int) -> History:
         layout = self._layout
         keys = [layout.last_id, layout.floor, *(layout.stream(name) for name in channels)]
         result = await self._call("read.lua", keys, [str(after), max(limit, 1), self._options.ttl_ms], "read history")
@@ -229,9 +344,23 @@ class RedisBroker(Broker):
             if int(flag):
                 expired.append(name)
             elif entries:
-                per_channel.append(events_from_entries(name, entries))
+                per_channel.append(self._events_from(name, entries))
         events = per_channel[0] if len(per_channel) == 1 else list(heapq.merge(*per_channel, key=lambda e: e.id))
         return History(events=events[:limit], head=head, expired=expired)
+
+    def _events_from(self, channel: str, entries: list[Any]) -> list[Event]:
+        """Events from XRANGE entries, the same objects as for an earlier read of them (with their frames)."""
+        recent = self._recent
+        events: list[Event] = []
+        for entry in entries:
+            key = (channel, entry[0])
+            event = recent.get(key)
+            if event is None:
+                event = recent[key] = events_from_entries(channel, [entry])[0]
+                if len(recent) > _RECENT_EVENTS:
+                    del recent[next(iter(recent))]  # the oldest inserted
+            events.append(event)
+        return events
 
     async def head(self) -> EventId:
         """The last id issued (on first use, the start id from Redis's clock).
@@ -239,8 +368,49 @@ class RedisBroker(Broker):
         Raises:
             BrokerUnavailableError: Redis cannot be reached.
         """
+        return await self._shared(("head",), self._head)
+
+    async def _head(self) -> EventId:
         layout = self._layout
         return EventId.parse(str(await self._call("head.lua", [layout.last_id, layout.floor], [], "read the head")))
+
+    async def _shared(self, key: tuple[Any, ...], fetch: Callable[[], Awaitable[_T]]) -> _T:
+        """``fetch()``'s answer, shared by every caller asking for ``key`` during this loop iteration.
+
+        The call is sent in the next iteration, by a task whose first step forgets ``key``: a caller that
+        arrives later starts a new call. So everyone sharing a read asked for it before it was sent, which
+        keeps resume exact: a subscription is indexed before it asks, and any event newer than the read's
+        head is published after the read ran, hence reaches the subscription live.
+        """
+        future = self._reads.get(key)
+        if future is None:
+            future = self._reads[key] = asyncio.get_running_loop().create_future()
+            task = asyncio.get_running_loop().create_task(self._fetch_shared(key, future, fetch))
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
+        # shield: one caller giving up (its client left) must not cancel the read for the others.
+        result: _T = await asyncio.shield(future)
+        return result
+
+    async def _fetch_shared(
+        self, key: tuple[Any, ...], future: asyncio.Future[Any], fetch: Callable[[], Awaitable[Any]]
+    ) -> None:
+        if self._reads.get(key) is future:
+            del self._reads[key]
+        try:
+            result = await fetch()
+        except BaseException as exc:
+            if not future.done():
+                error = (
+                    exc if not isinstance(exc, asyncio.CancelledError) else BrokerUnavailableError("the broker stopped")
+                )
+                future.set_exception(error)
+                future.exception()  # retrieved here: every caller may have given up
+            if not isinstance(exc, Exception):
+                raise  # cancelled by stop(), or the process is exiting: the callers got their error above
+            return
+        if not future.done():
+            future.set_result(result)
 
     # -- subscriptions --------------------------------------------------------------------------------------
 
@@ -271,15 +441,25 @@ class RedisBroker(Broker):
                     raise BrokerUnavailableError("the Redis pub/sub connection is down")
                 future = self._confirm[channel] = asyncio.get_running_loop().create_future()
                 self._channels.add(channel)
+                # Until the head below is known, a catch-up (the connection may drop meanwhile) replays nothing
+                # of this channel: its streams read history after this call returns, up to a later head.
+                self._since[channel] = _NEVER
                 await pubsub.subscribe(self._layout.notify(channel))
                 await asyncio.shield(future)
+                # Live delivery of this channel is exact from here on; what came before, its streams read from
+                # history themselves. A catch-up after a reconnect must not hand those older events over.
+                self._since[channel] = await self.head()
         except BrokerUnavailableError:
             self._channels.discard(channel)
+            self._since.pop(channel, None)
             raise
         except (RedisError, OSError, TimeoutError) as exc:
             self._channels.discard(channel)
+            self._since.pop(channel, None)
             raise translate_error(exc, f"subscribe to {channel!r}") from exc
         finally:
+            if self._since.get(channel) is _NEVER:
+                del self._since[channel]  # cancelled half-way: catch up from the last delivered id as before
             future_done = self._confirm.get(channel)
             if future_done is not None and future_done.done():
                 del self._confirm[channel]
@@ -289,6 +469,7 @@ class RedisBroker(Broker):
         from redis.exceptions import RedisError
 
         self._channels.discard(channel)
+        self._since.pop(channel, None)
         pubsub = self._pubsub
         if pubsub is None or not self._up.is_set():
             return
@@ -344,6 +525,8 @@ class RedisBroker(Broker):
     async def _open(self, pubsub: PubSub) -> list[dict[str, Any]]:
         """Subscribe, then replay history missed since the last delivered id; return early notifications."""
         channels = sorted(self._channels)
+        # After an outage Redis may have lost data and issued ids again: forget the events read before it.
+        self._recent.clear()
         # The node channel keeps the connection in subscribed mode even with no channel, so PING works.
         names = [self._layout.tag + ":node", *(self._layout.notify(name) for name in channels)]
         backlog: list[dict[str, Any]] = []
@@ -381,8 +564,11 @@ class RedisBroker(Broker):
                 # while we paged.
                 reported.update(lost)
                 self._report_gap(lost)
+            since = self._since
             for event in history.events:
-                self._hand_over(event)
+                start = since.get(event.channel)
+                if start is None or event.id > start:
+                    self._hand_over(event)
             if len(history.events) < _CATCH_UP_PAGE:
                 # Everything up to the head is now delivered: later duplicates are dropped by id.
                 self._last = max(self._last, history.head)
@@ -390,16 +576,22 @@ class RedisBroker(Broker):
             after = history.events[-1].id
 
     async def _pump(self, pubsub: PubSub, backlog: list[dict[str, Any]]) -> None:
-        for message in backlog:
-            self._handle(message)
+        self._handle_all(backlog)
         ping_sent: float | None = None
         while True:
             message = await pubsub.get_message(timeout=self._ping_interval)
             if message is not None:
-                if message["type"] == "pong":
+                # Take every notification already received (no await suspends for them), then hand them
+                # over together: the hub queues a run of one channel's events on each connection at once.
+                messages = [message]
+                while len(messages) < _READ_BATCH and _has_buffered_reply(pubsub):
+                    more = await pubsub.get_message(timeout=0)
+                    if more is None:
+                        break
+                    messages.append(more)
+                if any(m["type"] not in PUBSUB_TYPES for m in messages):  # a PONG (see PUBSUB_TYPES)
                     ping_sent = None
-                else:
-                    self._handle(message)
+                self._handle_all(messages)
                 continue
             # Silence: a dead peer without a FIN is only found by asking.
             if ping_sent is not None and time.monotonic() - ping_sent > self._ping_interval + self._socket_timeout:
@@ -408,21 +600,43 @@ class RedisBroker(Broker):
                 ping_sent = time.monotonic()
                 await pubsub.ping()
 
-    def _handle(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "message":
-            try:
-                event = parse_notification(self._layout, message["channel"], message["data"])
-            except ValueError as exc:
-                logger.warning("ignoring a malformed notification on %r: %s", message["channel"], exc)
-                return
-            if event.channel in self._channels:
-                self._hand_over(event)
-        elif kind == "subscribe":
-            name = str(message["channel"])[len(self._layout.notify_prefix) :]
-            future = self._confirm.get(name)
-            if future is not None and not future.done():
-                future.set_result(None)
+    def _handle_all(self, messages: list[dict[str, Any]]) -> None:
+        """Hand over the events of ``messages`` (in order, each run of one channel at once); confirm subscribes."""
+        run: list[Event] = []
+        for message in messages:
+            kind = message["type"]
+            if kind == "message":
+                try:
+                    event = parse_notification(self._layout, message["channel"], message["data"])
+                except ValueError as exc:
+                    logger.warning("ignoring a malformed notification on %r: %s", message["channel"], exc)
+                    continue
+                last = self._last
+                if event.channel not in self._channels or (last is not None and event.id <= last):
+                    continue
+                self._last = event.id
+                if run and run[0].channel != event.channel:
+                    self._deliver_run(run)
+                    run = []
+                run.append(event)
+            elif kind == "subscribe":
+                name = str(message["channel"])[len(self._layout.notify_prefix) :]
+                future = self._confirm.get(name)
+                if future is not None and not future.done():
+                    future.set_result(None)
+        if run:
+            self._deliver_run(run)
+
+    def _deliver_run(self, events: list[Event]) -> None:
+        """Events of one channel, in id order, already checked against ``_last``."""
+        deliver_many = self._deliver_many
+        if deliver_many is not None and len(events) > 1:
+            deliver_many(events)
+            return
+        deliver = self._deliver
+        if deliver is not None:
+            for event in events:
+                deliver(event)
 
     def _report_gap(self, channels: list[str]) -> None:
         logger.warning(
@@ -457,3 +671,13 @@ class RedisBroker(Broker):
                 "last_error": self._last_error or None,
             },
         )
+
+
+def _has_buffered_reply(pubsub: PubSub) -> bool:
+    """Whether bytes of another reply were already read from the socket (hiredis's buffer), so the next
+    ``get_message`` returns without waiting. False when unknown (another parser): the reader then hands over
+    one message per wake-up, which is correct, only slower."""
+    connection = pubsub.connection
+    reader = getattr(getattr(connection, "_parser", None), "_reader", None)
+    has_data = getattr(reader, "has_data", None)
+    return bool(has_data()) if callable(has_data) else False

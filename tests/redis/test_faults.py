@@ -219,3 +219,15 @@ async def test_stop_closes_every_connection(redis_server: RedisServer) -> None:
         assert after == before
     finally:
         await admin.aclose()
+
+
+async def test_idle_pubsub_connection_stays_up(redis_server: RedisServer) -> None:
+    """A broker with no subscribed channel answers its own keepalive PINGs and never reconnects while idle."""
+    broker = fast_broker(redis_server.url)  # PING after 0.5 s of silence, PONG expected within 1 s more
+    await broker.start(lambda event: None)
+    try:
+        await asyncio.sleep(4.0)  # several keepalive rounds
+        assert broker.status().details["reconnects"] == 0
+        assert broker.status().connected
+    finally:
+        await broker.stop()
