@@ -13,11 +13,11 @@ $(BIN)/python:
 
 # Reinstall when the project's metadata changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[redis]'
+	$(BIN)/python -m pip install -q -e '.[redis,client]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[redis,test]'
+	$(BIN)/python -m pip install -q -e '.[redis,client,test]'
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
@@ -27,6 +27,8 @@ install-test: $(VENV)/.installed-test
 system-deps:
 	bash scripts/install-system-deps.sh
 
+# The demo dashboard at / (SSEHUB_DEMO=false make run serves the API only).
+run: export SSEHUB_DEMO ?= true
 run: install
 	$(BIN)/ssehub serve --host $(HOST) --port $(PORT)
 

@@ -27,6 +27,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from ssehub._types import Receive, Scope, Send
+from ssehub.demo import Demo
+from ssehub.echo import echo
 from ssehub.exceptions import (
     BrokerUnavailableError,
     ChannelLimitError,
@@ -225,6 +227,8 @@ class API:
             Route("/health", _health, methods=["GET"]),
             Route("/publish", _publish, methods=["POST"]),
         ]
+        if hub.settings.enable_test_endpoints:
+            routes.append(Route("/test/echo", echo, methods=["POST"]))
         self._other = Starlette(routes=routes, exception_handlers=_EXCEPTION_HANDLERS)
         self._other.state.hub = hub
         self.state = self._other.state
@@ -269,13 +273,17 @@ class App:
         self.api = API(hub)
         self._prefix = hub.settings.prefix
 
+        demo = Demo(hub) if hub.settings.demo else None
+
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
-            async with hub:
+            async with hub, demo if demo is not None else contextlib.nullcontext():  # the demo stops first
                 yield
 
         self._starlette = Starlette(
-            routes=[Mount(self._prefix, app=self.api)], lifespan=lifespan, exception_handlers=_EXCEPTION_HANDLERS
+            routes=[*(demo.routes if demo is not None else []), Mount(self._prefix, app=self.api)],
+            lifespan=lifespan,
+            exception_handlers=_EXCEPTION_HANDLERS,
         )
         self.state = self._starlette.state
         self.state.hub = hub

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from ssehub import tail
 from ssehub.settings import Settings
 
 
@@ -115,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--url", default="http://127.0.0.1:8000/api/v1/events", help="the hub's API prefix URL")
     publish.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the hub")
     publish.set_defaults(func=_publish)
+
+    tail.add_parser(commands)
     return parser
 
 

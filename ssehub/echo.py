@@ -1,0 +1,113 @@
+"""``POST {prefix}/test/echo``: publish a list of messages to a channel, for application tests.
+
+Off by default (``SSEHUB_ENABLE_TEST_ENDPOINTS=true`` turns it on). An application's test subscribes its page or
+client to a channel, asks the hub to echo known messages there, and checks they arrive: its own wiring (proxy,
+mount path, auth, client code) is then tested end to end without a real producer.
+
+Body::
+
+    {"channel": "session:ab12", "messages": [{"event": "document_locked", "data": {"by": "alice"}}, ...]}
+
+Answer: 201 ``{"channel": "...", "ids": ["...", ...]}``, the ids in the order of the messages. Every message is
+validated before the first is published; then they are published in order, so a broker failure (503) may leave
+the first ones published. With authentication on, the caller needs publish rights on the channel, as for
+``POST /publish``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ssehub.events import dump_json, validate_event_type
+from ssehub.exceptions import (
+    BrokerUnavailableError,
+    ChannelLimitError,
+    HubNotRunningError,
+    InvalidValueError,
+    UnknownChannelError,
+)
+from ssehub.hub import Hub
+
+__all__ = ["MAX_MESSAGES", "echo"]
+
+#: Messages one request may publish.
+MAX_MESSAGES = 100
+_BODY_FIELDS = frozenset({"channel", "messages"})
+_MESSAGE_FIELDS = frozenset({"event", "data"})
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code}, status_code=status, headers=headers)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def _read_body(request: Request, limit: int) -> bytes | Response:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return _error(413, "PAYLOAD_TOO_LARGE", f"the body is larger than {limit} bytes")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            return _error(413, "PAYLOAD_TOO_LARGE", f"the body is larger than {limit} bytes")
+    return bytes(body)
+
+
+def _validate(hub: Hub, payload: Any) -> tuple[str, list[tuple[str, Any]]]:
+    """The channel and the (event, data) pairs of a valid body. Raises InvalidValueError naming the problem."""
+    if not isinstance(payload, dict) or payload.keys() != _BODY_FIELDS:
+        raise InvalidValueError('the body must be a JSON object {"channel": "...", "messages": [...]}', "INVALID_BODY")
+    channel, messages = payload["channel"], payload["messages"]
+    if not isinstance(channel, str):
+        raise InvalidValueError("channel must be a string", "INVALID_BODY")
+    hub.check_channel(channel)
+    if not isinstance(messages, list) or not 1 <= len(messages) <= MAX_MESSAGES:
+        raise InvalidValueError(f"messages must be a list of 1 to {MAX_MESSAGES} messages", "INVALID_BODY")
+    checked: list[tuple[str, Any]] = []
+    for number, message in enumerate(messages):
+        if not isinstance(message, dict) or message.keys() != _MESSAGE_FIELDS or not isinstance(message["event"], str):
+            raise InvalidValueError(
+                f'messages[{number}] must be an object {{"event": "<type>", "data": <any JSON>}}', "INVALID_BODY"
+            )
+        validate_event_type(message["event"])
+        text = dump_json(message["data"])
+        if len(text.encode("utf-8")) > hub.settings.max_payload_bytes:
+            raise InvalidValueError(
+                f"messages[{number}].data is larger than {hub.settings.max_payload_bytes} bytes", "PAYLOAD_TOO_LARGE"
+            )
+        checked.append((message["event"], message["data"]))
+    return channel, checked
+
+
+async def echo(request: Request) -> Response:
+    """Validate the body, then publish its messages in order; 201 with their ids."""
+    hub: Hub = request.app.state.hub
+    # The whole list is one request: allow it to be as large as its messages together may be, within reason.
+    body = await _read_body(request, hub.settings.max_payload_bytes * 4)
+    if isinstance(body, Response):
+        return body
+    try:
+        payload = json.loads(body, parse_constant=_reject_constant)
+    except ValueError as exc:
+        return _error(422, "INVALID_JSON", f"the body is not valid JSON: {exc}")
+    try:
+        channel, messages = _validate(hub, payload)
+        ids = [str((await hub.publish(channel, event, data)).id) for event, data in messages]
+    except UnknownChannelError as exc:
+        return _error(404, "UNKNOWN_CHANNEL", str(exc))
+    except InvalidValueError as exc:
+        return _error(413 if exc.code == "PAYLOAD_TOO_LARGE" else 422, exc.code, str(exc))
+    except BrokerUnavailableError as exc:
+        return _error(503, "BROKER_UNAVAILABLE", str(exc), {"Retry-After": "2"})
+    except HubNotRunningError as exc:
+        return _error(503, "HUB_NOT_RUNNING", str(exc), {"Retry-After": "2"})
+    except ChannelLimitError as exc:
+        return _error(429, "CHANNEL_LIMIT", str(exc), {"Retry-After": "60"})
+    return JSONResponse({"channel": channel, "ids": ids}, status_code=201)

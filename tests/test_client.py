@@ -1,0 +1,256 @@
+"""The Python client (ssehub.client) against a real uvicorn server: parsing, resume, backoff, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from ssehub import Hub, create_app
+from ssehub.client import (
+    ClientEvent,
+    ConnectionState,
+    ReconnectLimitError,
+    SubscribeError,
+    Subscriber,
+    subscribe,
+)
+from ssehub.exceptions import MissingDependencyError
+from ssehub.testing import free_port, open_stream, running_server
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.anyio
+
+StartHub = Callable[..., tuple[str, Hub]]
+
+
+@pytest.fixture
+def start_hub() -> Iterator[StartHub]:
+    """Start standalone ssehub servers (``ssehub serve``'s app) with given settings; all stop after the test."""
+    with contextlib.ExitStack() as stack:
+
+        def start(**overrides: Any) -> tuple[str, Hub]:
+            hub = Hub(make_settings(**overrides))
+            base = stack.enter_context(running_server(create_app(hub=hub)))
+            return base + hub.settings.prefix, hub
+
+        yield start
+
+
+async def _publish(http: httpx.AsyncClient, api: str, channel: str, data: Any, event: str = "tick") -> str:
+    response = await http.post(f"{api}/publish", json={"channel": channel, "event": event, "data": data})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def _take(subscriber: Subscriber, count: int, timeout: float = 10.0) -> list[ClientEvent]:
+    events: list[ClientEvent] = []
+    async with asyncio.timeout(timeout):
+        async for event in subscriber:
+            events.append(event)
+            if len(events) == count:
+                break
+    return events
+
+
+@contextlib.asynccontextmanager
+async def _background(coro: Any) -> AsyncIterator[asyncio.Task[Any]]:
+    task = asyncio.ensure_future(coro)
+    try:
+        yield task
+    finally:
+        if not task.done():
+            task.cancel()
+        await asyncio.wait([task])
+
+
+async def test_events_arrive_parsed_with_their_channel(start_hub: StartHub, client: httpx.AsyncClient) -> None:
+    """Events arrive with id, type, JSON-parsed data and the channel of a one-channel subscription; control
+    events (connected, heartbeat) are hidden."""
+    api, _hub = start_hub(heartbeat_interval=0.2)
+    opened = asyncio.Event()
+    subscriber = subscribe(
+        f"{api}/stream", channels=["jobs"], on_state=lambda s: opened.set() if s.state == "open" else None
+    )
+    async with subscriber:
+        reader = asyncio.ensure_future(_take(subscriber, 2))
+        async with asyncio.timeout(5):
+            await opened.wait()
+        await asyncio.sleep(0.5)  # a couple of heartbeats go by unseen
+        ids = [await _publish(client, api, "jobs", {"n": 1, "text": "é"}), await _publish(client, api, "jobs", [1, 2])]
+        events = await reader
+    assert [e.id for e in events] == ids
+    assert [e.event for e in events] == ["tick", "tick"]
+    assert events[0].data == {"n": 1, "text": "é"}
+    assert events[1].data == [1, 2]
+    assert events[1].text == "[1,2]"
+    assert {e.channel for e in events} == {"jobs"}
+    assert subscriber.state == "closed"
+
+
+async def test_resume_across_server_side_disconnects_is_exact(start_hub: StartHub, client: httpx.AsyncClient) -> None:
+    """Streams the server ends every second are resumed from the last id: every event published meanwhile
+    arrives exactly once, in order."""
+    api, _hub = start_hub(connection_timeout=1.0, heartbeat_interval=0.5, retry_ms=150)
+    states: list[ConnectionState] = []
+    published: list[str] = []
+
+    async def publish_many() -> None:
+        for n in range(40):
+            published.append(await _publish(client, api, "a", {"n": n}))
+            await asyncio.sleep(0.07)
+
+    subscriber = subscribe(f"{api}/stream", channels=["a", "b"], on_state=states.append)
+    async with subscriber:
+        reader = asyncio.ensure_future(_take(subscriber, 40, timeout=20))
+        await asyncio.sleep(0.3)
+        async with _background(publish_many()) as publisher:
+            events = await reader
+            await publisher
+    assert [e.id for e in events] == published
+    assert [e.data["n"] for e in events] == list(range(40))
+    assert all(e.channel is None for e in events)  # two channels: the stream does not say which
+    reconnects = [s for s in states if s.state == "reconnecting"]
+    assert len(reconnects) >= 2
+    assert all(s.error == "the server ended the stream" for s in reconnects)
+
+
+async def test_server_retry_time_sets_the_reconnect_delay(start_hub: StartHub) -> None:
+    """After a clean end the client waits about the server's `retry:` time, not its own initial delay."""
+    api, _hub = start_hub(connection_timeout=0.6, heartbeat_interval=0.2, retry_ms=100)
+    states: list[ConnectionState] = []
+    subscriber = subscribe(f"{api}/stream", channels=["a"], initial_retry_delay=30.0, on_state=states.append)
+    async with subscriber:
+        with contextlib.suppress(TimeoutError):
+            await _take(subscriber, 1, timeout=2.5)
+    delays = [s.delay for s in states if s.state == "reconnecting"]
+    assert delays
+    assert all(d is not None and 0.05 <= d <= 0.1 for d in delays)
+
+
+async def test_full_hub_503_is_retried_until_a_slot_frees(start_hub: StartHub, client: httpx.AsyncClient) -> None:
+    """A 503 MAX_CONNECTIONS is retried with growing delays (Retry-After capped by max_retry_delay); once a
+    stream closes the client connects and receives events."""
+    api, _hub = start_hub(max_connections=1)
+    states: list[ConnectionState] = []
+    async with open_stream(client, f"{api}/stream?channels=a") as held:
+        assert held.response.status_code == 200
+        subscriber = subscribe(
+            f"{api}/stream", channels=["a"], initial_retry_delay=0.05, max_retry_delay=0.4, on_state=states.append
+        )
+        reader = asyncio.ensure_future(_take(subscriber, 1, timeout=15))
+        async with asyncio.timeout(10):
+            while len([s for s in states if s.state == "reconnecting"]) < 3:
+                await asyncio.sleep(0.05)
+    # The held stream is closed: a slot is free.
+    async with asyncio.timeout(10):
+        while subscriber.state != "open":
+            await asyncio.sleep(0.05)
+    event_id = await _publish(client, api, "a", {"after": "503"})
+    events = await reader
+    await subscriber.aclose()
+    assert [e.id for e in events] == [event_id]
+    refusals = [s for s in states if s.state == "reconnecting"]
+    assert all(s.error is not None and "503 MAX_CONNECTIONS" in s.error for s in refusals[:3])
+    assert [s.attempt for s in refusals[:3]] == [1, 2, 3]
+    # Retry-After (5 s) is honoured up to the cap.
+    assert all(s.delay == pytest.approx(0.4) for s in refusals[:3])
+
+
+@pytest.mark.parametrize(
+    ("channels", "status", "code"),
+    [(["private"], 404, "UNKNOWN_CHANNEL"), (["bad channel!"], 422, "INVALID_CHANNEL")],
+    ids=["404-unknown-channel", "422-invalid-channel"],
+)
+async def test_final_refusals_fail_at_once(start_hub: StartHub, channels: list[str], status: int, code: str) -> None:
+    """404 and 422 are not retried: iteration raises SubscribeError with the hub's status, code and message."""
+    api, _hub = start_hub(channels=["public*"])
+    states: list[ConnectionState] = []
+    with pytest.raises(SubscribeError) as caught:
+        async with asyncio.timeout(5):
+            await _take(subscribe(f"{api}/stream", channels=channels, on_state=states.append), 1)
+    assert caught.value.status == status
+    assert caught.value.code == code
+    assert caught.value.error
+    assert not [s for s in states if s.state == "reconnecting"]
+
+
+async def test_unreachable_server_gives_up_after_max_attempts() -> None:
+    """Connection refused is retried; after max_attempts failures iteration raises ReconnectLimitError."""
+    states: list[ConnectionState] = []
+    url = f"http://127.0.0.1:{free_port()}/api/v1/events/stream"
+    subscriber = subscribe(url, initial_retry_delay=0.02, max_attempts=3, on_state=states.append)
+    with pytest.raises(ReconnectLimitError, match="3 attempts"):
+        await _take(subscriber, 1, timeout=5)
+    assert [s.attempt for s in states if s.state == "reconnecting"] == [1, 2, 3]
+    assert states[-1].state == "closed"
+
+
+async def test_reset_is_handed_to_the_caller(start_hub: StartHub, client: httpx.AsyncClient) -> None:
+    """A last id the hub cannot resume from yields a `reset` event (reason and channels), then live events."""
+    api, _hub = start_hub()
+    subscriber = subscribe(f"{api}/stream", channels=["a"], last_event_id="not-an-id")
+    async with subscriber:
+        first = await _take(subscriber, 1)
+        event_id = await _publish(client, api, "a", {"n": 1})
+        async with asyncio.timeout(5):
+            second = await anext(aiter(subscriber))
+    assert first[0].event == "reset"
+    assert first[0].data == {"reason": "invalid_last_event_id", "channels": ["a"]}
+    assert second.id == event_id
+
+
+async def test_last_event_id_replays_what_came_after(start_hub: StartHub, client: httpx.AsyncClient) -> None:
+    """Starting with last_event_id replays exactly the events after it (sent as Last-Event-ID)."""
+    api, _hub = start_hub()
+    ids = [await _publish(client, api, "a", {"n": n}) for n in range(4)]
+    subscriber = subscribe(f"{api}/stream", channels=["a"], last_event_id=ids[0])
+    async with subscriber:
+        events = await _take(subscriber, 3)
+    assert [e.id for e in events] == ids[1:]
+    assert subscriber.last_event_id == ids[-1]
+
+
+async def test_silent_stream_is_replaced() -> None:
+    """A stream that sends nothing for longer than the heartbeat timeout counts as dead and is replaced."""
+    connections = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A stalled proxy: answers the stream, then sends nothing.
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        await writer.drain()
+        try:
+            await reader.read()  # until the client gives up on us
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    states: list[ConnectionState] = []
+    try:
+        subscriber = subscribe(
+            f"http://127.0.0.1:{port}/stream", heartbeat_timeout=0.3, initial_retry_delay=0.02, on_state=states.append
+        )
+        async with subscriber:
+            with contextlib.suppress(TimeoutError):
+                await _take(subscriber, 1, timeout=2.0)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert connections >= 2
+    assert any(s.error == "no data within the heartbeat timeout" for s in states)
+
+
+def test_missing_httpx_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without httpx, subscribe() raises MissingDependencyError naming `pip install 'ssehub[client]'`."""
+    monkeypatch.setitem(sys.modules, "httpx", None)
+    with pytest.raises(MissingDependencyError, match=r"ssehub\[client\]"):
+        subscribe("http://127.0.0.1:1/stream")
