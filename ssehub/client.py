@@ -215,10 +215,13 @@ class Subscriber:
         iterator = self._iterator
         if iterator is not None:
             await iterator.aclose()  # type: ignore[attr-defined]
-        if self._owned_client is not None:
-            await self._owned_client.aclose()
-            self._owned_client = None
+        await self._close_client()
         self._set_state("closed", None, None)
+
+    async def _close_client(self) -> None:
+        client, self._owned_client = self._owned_client, None
+        if client is not None:
+            await client.aclose()
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is not None:
@@ -276,6 +279,8 @@ class Subscriber:
                 self._set_state("reconnecting", delay, error)
                 await asyncio.sleep(delay)
         finally:
+            # However the iteration ends (a final refusal, a break, cancellation), its connections go with it.
+            await self._close_client()
             self._set_state("closed", None, None)
 
     async def _connect_once(self) -> AsyncIterator[ClientEvent]:

@@ -336,30 +336,62 @@ class Demo:
     async def _restore(self) -> None:
         """Continue where a previous demo on this broker stopped: its ``seq`` and queue, read from history.
 
-        Looks back from the broker's head in widening windows (the last events before a stop are close to the
-        head, however long the stop was); the newest ``queue_update`` gives the queue, the progress events
-        after it the latest states. With the memory broker a new process starts empty: nothing to restore.
+        The last events before a stop sit just below the broker's head, however long the stop lasted: each
+        channel is read back from the head in widening windows until one holds events (a window reaching
+        past what the channel retains is refused as expired: then there is nothing older to find). The newest
+        ``queue_update`` gives the queue, later progress events the latest states. With the memory broker a
+        new process starts empty: nothing to restore.
         """
         broker = self.hub.broker
         try:
             head = await broker.head()
-            for window in (15.0, 300.0, self.hub.settings.history_ttl):
-                after = EventId(max(0, head.ms - int(window * 1000)), 0)
-                events: list[Event] = []
-                for channel in CHANNELS:
-                    for _page in range(100):  # bounded: history is bounded too
-                        page = await broker.read_since([channel], after, limit=500)
-                        events.extend(page.events)
-                        if len(page.events) < 500:
-                            break
-                        after = page.events[-1].id
-                    after = EventId(max(0, head.ms - int(window * 1000)), 0)
-                ours = sorted((e for e in events if type(e.fields.get("seq")) is int), key=lambda e: e.id)
-                if ours:
-                    self._apply_history(ours)
-                    return
+            events: list[Event] = []
+            for channel in CHANNELS:
+                events.extend(await self._recent_events(channel, head))
         except BrokerUnavailableError as exc:
             logger.warning("demo: could not read history to restore (%s); starting afresh", exc)
+            return
+        ours = sorted((e for e in events if type(e.fields.get("seq")) is int), key=lambda e: e.id)
+        if ours:
+            self._apply_history(ours)
+
+    async def _recent_events(self, channel: str, head: EventId) -> list[Event]:
+        """The channel's events in the narrowest window below the head that holds any.
+
+        Windows widen from 2 s; one reaching past what the channel retains (or past its creation) is refused
+        as expired, and the answer then lies between the last two windows: bisect (bounded reads)."""
+        low, high = 0.0, None  # seconds: `low` is known to hold no events, `high` to be expired
+        window = 2.0
+        for _attempt in range(60):
+            found, expired = await self._read_window(channel, head, window)
+            if found:
+                return found
+            if expired:
+                high = window
+            else:
+                low = window
+            if high is None:
+                if window >= self.hub.settings.history_ttl:
+                    return []
+                window = min(window * 4, self.hub.settings.history_ttl)
+            elif high - low < 0.01:
+                return []
+            else:
+                window = (low + high) / 2
+        return []
+
+    async def _read_window(self, channel: str, head: EventId, window: float) -> tuple[list[Event], bool]:
+        after = EventId(max(0, head.ms - int(window * 1000)), 0)
+        found: list[Event] = []
+        for _page in range(100):  # bounded, as history is
+            page = await self.hub.broker.read_since([channel], after, limit=500)
+            if page.expired:
+                return found, True
+            found.extend(page.events)
+            if len(page.events) < 500:
+                break
+            after = page.events[-1].id
+        return found, False
 
     def _apply_history(self, events: list[Event]) -> None:
         self.seq = max(int(e.fields["seq"]) for e in events)

@@ -38,8 +38,12 @@ class Tail:
         self.err: list[str] = []
         assert self.process.stdout is not None
         assert self.process.stderr is not None
-        threading.Thread(target=self._pump, args=(self.process.stdout, self.out.put), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.process.stderr, self.err.append), daemon=True).start()
+        self._threads = [
+            threading.Thread(target=self._pump, args=(self.process.stdout, self.out.put), daemon=True),
+            threading.Thread(target=self._pump, args=(self.process.stderr, self.err.append), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @staticmethod
     def _pump(stream: IO[str], put: Any) -> None:
@@ -60,15 +64,22 @@ class Tail:
             time.sleep(0.02)
 
     def stop(self, sig: int = signal.SIGINT) -> int:
-        """Send ``sig`` and return the exit status."""
+        """Send ``sig`` (if it still runs), reap it, read its output to the end; return the exit status."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:
-            return self.process.wait(10)
+            status = self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
             raise
+        finally:
+            for thread in self._threads:
+                thread.join(5)
+            for pipe in (self.process.stdout, self.process.stderr):
+                if pipe is not None:
+                    pipe.close()
+        return status
 
 
 @pytest.fixture
@@ -122,8 +133,8 @@ def test_tail_last_event_id_replays_the_rest(api: str) -> None:
 def test_tail_fails_clearly_on_refusal(api: str) -> None:
     """A refused stream (422 for a malformed channel) ends tail with status 1 and the hub's code and message."""
     tail = Tail("not a channel", "--url", api)
-    status = tail.process.wait(15)
-    tail.wait_stderr("422")
+    tail.process.wait(15)
+    status = tail.stop()
     assert status == 1
     assert any("INVALID_CHANNEL" in line for line in tail.err)
     assert not any("Traceback" in line for line in tail.err)
