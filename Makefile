@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install install-test system-deps lint typecheck pytest bench clean
+.PHONY: run test install install-test system-deps lint typecheck pytest jstest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,12 @@ typecheck: install-test
 pytest: install-test system-deps
 	$(BIN)/pytest
 
-test: lint typecheck pytest
+# The browser client's unit tests: node's built-in runner (Debian's nodejs when node is missing), no npm packages.
+jstest:
+	bash scripts/install-system-deps.sh nodejs:node
+	node --test tests/js/*.test.mjs
+
+test: lint typecheck pytest jstest
 
 -include bench/bench.mk
 

@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from ssehub._types import Receive, Scope, Send
+from ssehub.client_assets import client_routes
 from ssehub.demo import Demo
 from ssehub.echo import echo
 from ssehub.exceptions import (
@@ -226,6 +227,7 @@ class API:
             Route("/queue", self._queue, methods=["GET"]),
             Route("/health", _health, methods=["GET"]),
             Route("/publish", _publish, methods=["POST"]),
+            *client_routes(),  # {prefix}/client.js and friends: the browser client (docs/client.md)
         ]
         if hub.settings.enable_test_endpoints:
             routes.append(Route("/test/echo", echo, methods=["POST"]))
