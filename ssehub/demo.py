@@ -182,8 +182,11 @@ class Demo:
             try:
                 await self._step(now - last, now)
                 failing = False
-            except (BrokerUnavailableError, HubNotRunningError) as exc:
-                # The broker is down or the hub is shutting down: keep the state, publish again when it is back.
+            except HubNotRunningError:
+                # Shutting down: the server ended the streams before the lifespan stops us. Not worth a warning.
+                logger.debug("demo: the hub is stopping; step not published")
+            except BrokerUnavailableError as exc:
+                # The broker is down: keep the state, publish again when it is back.
                 if not failing:
                     logger.warning("demo: cannot publish (%s); retrying every tick", exc)
                 failing = True

@@ -120,8 +120,11 @@ function queue(data) {
       rows.delete(id);
     }
   }
-  // Re-append in the queue's order (moving existing nodes keeps their state and transitions).
-  for (const state of data.downloads) $("downloads").append(row(state));
+  // Unfinished downloads first, then finished ones, each in the queue's order (moving existing nodes keeps
+  // their state and transitions).
+  const finished = (state) => state.status === "completed" || state.status === "cancelled";
+  const ordered = [...data.downloads.filter((s) => !finished(s)), ...data.downloads.filter(finished)];
+  for (const state of ordered) $("downloads").append(row(state));
   $("stat-active").textContent = String(data.active);
   $("stat-queued").textContent = String(data.queued);
   $("stat-paused").textContent = String(data.paused);
@@ -192,6 +195,7 @@ for (const type of Object.keys(handlers)) client.on(type, (data) => receive(type
 function showState(state, info) {
   const pill = $("connection");
   pill.dataset.state = state;
+  document.body.dataset.connection = state;
   demo.states.push(state === "reconnecting" ? `reconnecting:${info.attempt}` : state);
   if (demo.states.length > 500) demo.states.splice(0, 250);
   const text = {
@@ -200,6 +204,9 @@ function showState(state, info) {
     reconnecting: `Reconnecting · attempt ${info.attempt}`,
     closed: "Disconnected",
   }[state];
+  if (state === "closed") {
+    $("offline").textContent = `Disconnected${info.error ? `: ${info.error.message || info.error}` : ""}. Reload the page to try again.`;
+  }
   $("connection-text").textContent = text;
   pill.title = info.error ? String(info.error.message || info.error) : "";
 }
