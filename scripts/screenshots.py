@@ -63,7 +63,6 @@ async def shoot(out: Path) -> None:
     """Run the server and the browser; save the screenshots into ``out``."""
     from playwright.async_api import async_playwright
 
-    out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = start_server(port)
@@ -102,6 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "screenshots")
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
     asyncio.run(shoot(args.out))
     print(f"saved screenshots in {args.out}")
 
