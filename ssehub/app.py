@@ -275,7 +275,7 @@ class App:
         self.api = API(hub)
         self._prefix = hub.settings.prefix
 
-        demo = Demo(hub) if hub.settings.demo else None
+        self.demo = demo = Demo(hub) if hub.settings.demo else None
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -269,7 +269,7 @@ class Subscriber:
                     error, retry_after = str(exc), exc.retry_after
                 except TimeoutError:
                     error = "no data within the heartbeat timeout"
-                except (httpx.TransportError, httpx.StreamError) as exc:
+                except httpx.TransportError as exc:  # connect, read, protocol errors and their timeouts
                     error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 self.attempt += 1
                 if self._max_attempts is not None and self.attempt > self._max_attempts:

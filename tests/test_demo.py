@@ -46,11 +46,12 @@ async def test_simulator_publishes_all_three_event_types_in_sequence(client: htt
     download's progress grows."""
     with demo_server() as base:
         async with open_stream(client, base + STREAM, timeout=15) as stream:
+            added = await client.post(base + "/demo/downloads", json={"name": "notes.txt", "size_mb": 1})
+            assert added.status_code == 201  # announced by a system_notification
             messages = await _messages(stream, 40)
     seqs = _seqs(messages)
     assert seqs == list(range(seqs[0], seqs[0] + 40))
-    types = {m.event for m in messages}
-    assert {"download_progress", "queue_update"} <= types
+    assert {m.event for m in messages} == {"download_progress", "queue_update", "system_notification"}
     progress: dict[str, list[float]] = {}
     for message in messages:
         if message.event == "download_progress":
@@ -91,6 +92,24 @@ async def test_page_and_assets_are_served(client: httpx.AsyncClient) -> None:
     assert isinstance(state["seq"], int)
     assert state["downloads"]
     assert {"active", "queued", "paused", "completed", "total_speed"} <= state.keys()
+
+
+async def test_simulator_runs_only_within_the_lifespan(client: httpx.AsyncClient) -> None:
+    """Building the app starts nothing; the simulator runs while the server runs and is stopped with it."""
+    hub = Hub(make_settings(demo=True))
+    app = create_app(hub=hub)
+    demo = app.demo
+    assert demo is not None
+    assert (demo.seq, demo.downloads) == (0, {})
+    with running_server(app) as base:
+        async with asyncio.timeout(10):
+            while demo.seq < 3:
+                await asyncio.sleep(0.05)
+        assert (await client.get(base + "/demo/state")).json()["seq"] >= 3
+    stopped_at = demo.seq
+    await asyncio.sleep(1.2)
+    assert demo.seq == stopped_at
+    assert demo._task is None
 
 
 async def test_demo_is_off_by_default(client: httpx.AsyncClient) -> None:
