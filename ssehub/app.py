@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Match, Mount, Route
 
 from ssehub._types import Receive, Scope, Send
 from ssehub.client_assets import client_routes
@@ -198,62 +198,48 @@ async def _health(request: Request) -> Response:
     return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
 
-def _route_path(scope: Scope) -> str:
-    """The path below the app's root path (as Starlette's router computes it)."""
-    path: str = scope["path"]
-    root_path: str = scope.get("root_path", "")
-    if root_path and path.startswith(root_path) and path != root_path and path[len(root_path)] == "/":
-        return path[len(root_path) :]
-    return path
-
-
 class API:
     """The HTTP API as one ASGI app, with paths relative to where it is mounted.
 
-    Stream requests (``GET /stream``, ``/queue``, ``/downloads/{id}``) go straight to their endpoint; the rest
-    (publish, health, refusals) to a small Starlette app. A stream lives for minutes, and every coroutine
-    frame between the server and the endpoint lives as long: skipping the middleware stack for streams saves
-    several KiB per open connection (see docs/performance.md).
+    The routes are declared once, in :meth:`routes`. Stream routes are dispatched straight to their endpoint,
+    past Starlette's middleware stack; the rest (publish, health, refusals) go through a small Starlette app.
+    A stream lives for minutes, and every coroutine frame between the server and the endpoint lives as long:
+    skipping the middleware stack for streams saves several KiB per open connection, and keeps ``send``
+    unwrapped, which the fast writer needs (see docs/performance.md and ``ssehub/_uvicorn.py``).
     """
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self._stream = StreamEndpoint(hub)
-        self._queue = StreamEndpoint(hub, ["queue:updates"])
-        self._downloads = StreamEndpoint(hub, ["download:updates"], "download_id")
-        routes = [
-            Route("/stream", self._stream, methods=["GET"]),
-            Route("/downloads/{download_id}", self._downloads, methods=["GET"]),
-            Route("/queue", self._queue, methods=["GET"]),
-            Route("/health", _health, methods=["GET"]),
-            Route("/publish", _publish, methods=["POST"]),
-            *client_routes(),  # {prefix}/client.js and friends: the browser client (docs/client.md)
-        ]
-        if hub.settings.enable_test_endpoints:
-            routes.append(Route("/test/echo", echo, methods=["POST"]))
+        routes = self.routes(hub)
+        #: The stream routes: those whose endpoint is a StreamEndpoint.
+        self.stream_routes = [r for r in routes if isinstance(r, Route) and isinstance(r.app, StreamEndpoint)]
         self._other = Starlette(routes=routes, exception_handlers=_EXCEPTION_HANDLERS)
         self._other.state.hub = hub
         self.state = self._other.state
 
-    def match_stream(self, path: str) -> tuple[StreamEndpoint, dict[str, str]] | None:
-        """The stream endpoint for a path relative to the API, with its path parameters."""
-        if path == "/stream":
-            return self._stream, {}
-        if path == "/queue":
-            return self._queue, {}
-        if path.startswith("/downloads/"):
-            download_id = path[len("/downloads/") :]
-            if download_id and "/" not in download_id:
-                return self._downloads, {"download_id": download_id}
-        return None
+    @staticmethod
+    def routes(hub: Hub) -> list[BaseRoute]:
+        """Every route of the API (paths relative to the mount point)."""
+        return [
+            Route("/stream", StreamEndpoint(hub), methods=["GET"]),
+            Route(
+                "/downloads/{download_id}", StreamEndpoint(hub, ["download:updates"], "download_id"), methods=["GET"]
+            ),
+            Route("/queue", StreamEndpoint(hub, ["queue:updates"]), methods=["GET"]),
+            Route("/health", _health, methods=["GET"]),
+            Route("/publish", _publish, methods=["POST"]),
+            *client_routes(),  # {prefix}/client.js and friends: the browser client (docs/client.md)
+            *([Route("/test/echo", echo, methods=["POST"])] if hub.settings.enable_test_endpoints else []),
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
-            found = self.match_stream(_route_path(scope))
-            if found is not None:
-                endpoint, scope["path_params"] = found
-                await endpoint(scope, receive, send)
-                return
+        if scope["type"] == "http":
+            for route in self.stream_routes:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child_scope)
+                    await route.app(scope, receive, send)
+                    return
         await self._other(scope, receive, send)
 
 
@@ -265,6 +251,9 @@ def create_api(hub: Hub) -> API:
 class App:
     """A standalone ssehub application: the API at ``settings.prefix`` and a lifespan that runs the hub.
 
+    HTTP requests under the prefix go to the API directly (its stream routes must see uvicorn's own ``send``,
+    which Starlette's middleware would wrap); the lifespan and everything else go through Starlette.
+
     Attributes:
         hub: the hub it serves.
         state: Starlette-style state (``state.hub``).
@@ -273,7 +262,7 @@ class App:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.api = API(hub)
-        self._prefix = hub.settings.prefix
+        self._mount = Mount(hub.settings.prefix, app=self.api)
 
         self.demo = demo = Demo(hub) if hub.settings.demo else None
 
@@ -283,7 +272,7 @@ class App:
                 yield
 
         self._starlette = Starlette(
-            routes=[*(demo.routes if demo is not None else []), Mount(self._prefix, app=self.api)],
+            routes=[*(demo.routes if demo is not None else []), self._mount],
             lifespan=lifespan,
             exception_handlers=_EXCEPTION_HANDLERS,
         )
@@ -291,14 +280,12 @@ class App:
         self.state.hub = hub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
-            path = _route_path(scope)
-            if path.startswith(self._prefix):
-                found = self.api.match_stream(path[len(self._prefix) :])
-                if found is not None:
-                    endpoint, scope["path_params"] = found
-                    await endpoint(scope, receive, send)
-                    return
+        if scope["type"] == "http":
+            match, child_scope = self._mount.matches(scope)
+            if match is Match.FULL:
+                scope.update(child_scope)
+                await self.api(scope, receive, send)
+                return
         await self._starlette(scope, receive, send)
 
 

@@ -18,7 +18,7 @@ import json
 import re
 from typing import Any, NamedTuple
 
-from ssehub.connection import chunk
+from ssehub._uvicorn import chunk
 from ssehub.encoder import encode
 from ssehub.exceptions import InvalidEventIdError, InvalidValueError
 
@@ -128,7 +128,7 @@ class Event:
 
     @property
     def chunk(self) -> bytes:
-        """The frame as one HTTP/1.1 chunk, framed once for every connection that writes chunks directly."""
+        """The frame as one HTTP/1.1 chunk, framed once for every connection on the fast path (``_uvicorn``)."""
         framed = self._chunk
         if framed is None:
             framed = self._chunk = chunk(self.frame)

@@ -25,8 +25,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from ssehub._types import Scope, Send
+from ssehub._uvicorn import chunk
 from ssehub.brokers import Broker, create_broker
-from ssehub.connection import Connection, chunk
+from ssehub.connection import Connection, select_writer
 from ssehub.encoder import encode
 from ssehub.events import Event, EventId, dump_json, validate_channel, validate_event_type
 from ssehub.exceptions import (
@@ -36,13 +37,11 @@ from ssehub.exceptions import (
     InvalidValueError,
     UnknownChannelError,
 )
+from ssehub.flusher import Flusher
 from ssehub.settings import Settings
 from ssehub.subscription import MISSING, ChannelIndex, Subscription, filter_key, validate_filters
 
 logger = logging.getLogger("ssehub.hub")
-
-#: The longest a flush waits for coalescing (a bound on the latency the coalescing adds).
-_MAX_FLUSH_DELAY = 0.025
 
 
 class Hub:
@@ -63,9 +62,7 @@ class Hub:
         self._to_release: set[str] = set()
         self._sync_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._dirty: list[Connection] = []
-        self._flush_scheduled = False
-        self._next_flush_at = 0.0
+        self._flusher = Flusher()
         self._running = False
         patterns = self.settings.channels
         self._allow_all = "*" in patterns
@@ -155,14 +152,14 @@ class Hub:
         index = self._index.get(event.channel)
         if index is None:
             return
-        if index.plain:
+        if index.live:
             frame = event.frame
             framed = event.chunk
-            for sub in index.plain:
-                if sub.pending is None:
-                    sub.connection.push(frame, framed)
-                else:
-                    sub.hold(event)
+            for connection in index.live:
+                connection.push(frame, framed)
+        if index.catching:
+            for sub in index.catching:
+                sub.hold(event)
         if index.by_field:
             fields = event.fields
             for name, by_value in index.by_field.items():
@@ -186,35 +183,6 @@ class Hub:
             for sub in index.subscriptions():
                 sub.connection.close("resync")
 
-    def _mark_dirty(self, connection: Connection) -> None:
-        """A connection has frames queued: schedule one flush of every dirty connection (see ``_flush``)."""
-        self._dirty.append(connection)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop = asyncio.get_running_loop()
-            delay = self._next_flush_at - loop.time()
-            if delay > 0:
-                loop.call_later(delay, self._flush)
-            else:
-                loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        """Write every dirty connection's queue, one write each.
-
-        Self-clocking coalescing: the next flush waits as long as this one took (at most
-        ``_MAX_FLUSH_DELAY``). At light load a flush takes microseconds, so events go out at once; under load
-        the events that arrive while a flush writes to thousands of sockets go out together in the next one,
-        one write per connection for all of them, whatever way the broker hands them over.
-        """
-        self._flush_scheduled = False
-        dirty, self._dirty = self._dirty, []
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        for connection in dirty:
-            connection.flush()
-        ended = loop.time()
-        self._next_flush_at = ended + min(ended - started, _MAX_FLUSH_DELAY)
-
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval
         while True:
@@ -225,8 +193,9 @@ class Hub:
                 connection.push(frame, framed)
 
     async def _timeout_loop(self) -> None:
-        """End streams older than connection_timeout. Connections are kept in the order they opened, and all
-        share one timeout, so only the oldest need looking at: no timer per connection."""
+        """End streams older than connection_timeout. Connections are kept in the order they joined
+        ``_connections`` (after their catch-up), and each one's deadline is set when it joins, from the one
+        shared timeout: so deadlines are in order, and only the oldest need looking at. No timer per stream."""
         loop = asyncio.get_running_loop()
         period = min(1.0, self.settings.connection_timeout / 4)
         while True:
@@ -312,15 +281,9 @@ class Hub:
         resume_from = self._parse_resume_id(last_event_id)
 
         self._active += 1
-        connection = Connection(
-            secrets.token_hex(8),
-            self.settings.max_buffer_bytes,
-            self._mark_dirty,
-            asyncio.get_running_loop().time() + self.settings.connection_timeout,
-            send,
-            scope,
-        )
-        sub = Subscription(unique, checked_filters, connection)
+        writer = select_writer(send, scope or {}, fast_path=self.settings.fast_path) if send is not None else None
+        connection = Connection(secrets.token_hex(8), self.settings.max_buffer_bytes, self._flusher.ready, 0.0, writer)
+        sub = Subscription(unique, checked_filters, connection, self._promote)
         for name in unique:
             index = self._index.get(name)
             if index is None:
@@ -332,8 +295,17 @@ class Hub:
         except BaseException:
             self.release(sub)
             raise
+        # The deadline counts from here, so that _connections stays in deadline order (see _timeout_loop).
+        connection.deadline = asyncio.get_running_loop().time() + self.settings.connection_timeout
         self._connections[connection] = None
         return sub
+
+    def _promote(self, sub: Subscription) -> None:
+        """A subscription caught up: its channels deliver to its connection directly from now on."""
+        for name in sub.channels:
+            index = self._index.get(name)
+            if index is not None:
+                index.promote(sub)
 
     def release(self, sub: Subscription) -> None:
         """Release everything a subscription holds: its index entries, its count, idle broker channels."""

@@ -1,8 +1,10 @@
 """Publish events from any process straight to Redis, without going through a hub's HTTP API.
 
 :class:`Publisher` (blocking, for workers and scripts) and :class:`AsyncPublisher` (asyncio) run the same
-Lua script as the Redis broker, so ids, trimming and notifications are identical to a publish through a
-hub: every hub on that Redis delivers the event to its subscribers at once.
+Lua script as the Redis broker (:class:`~ssehub.brokers.redis.PublishScript`), so ids, trimming and
+notifications are identical to a publish through a hub: every hub on that Redis delivers the event to its
+subscribers at once. Their clients come from the same factory as the broker's
+(``ssehub/brokers/redis_client.py``): same timeouts, no retries.
 
 Use the same ``prefix``, ``history_size``, ``history_ttl`` and ``max_channels`` as the hubs (the script
 trims with the values its caller passes)::
@@ -17,18 +19,16 @@ import asyncio
 import math
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
-from ssehub.brokers._redis_layout import (
-    DEFAULT_PREFIX,
-    PublishOptions,
-    RedisLayout,
+from ssehub.brokers.redis import DEFAULT_PREFIX, PublishScript
+from ssehub.brokers.redis_client import (
+    ClientOptions,
     RedisTarget,
-    load_script,
+    connect_async,
+    connect_sync,
     parse_redis_url,
-    publish_call,
     require_redis,
-    translate_error,
 )
 from ssehub.events import dump_json, validate_channel, validate_event_type
 from ssehub.exceptions import BrokerUnavailableError, InvalidValueError
@@ -44,46 +44,14 @@ DOWNLOAD_CHANNEL, DOWNLOAD_EVENT = "download:updates", "download_progress"
 QUEUE_CHANNEL, QUEUE_EVENT = "queue:updates", "queue_update"
 SYSTEM_CHANNEL, SYSTEM_EVENT = "system:notifications", "system_notification"
 
-
-def _client_options(socket_timeout: float, connect_timeout: float, pool_size: int) -> dict[str, Any]:
-    return {
-        "max_connections": pool_size,
-        "decode_responses": True,
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": connect_timeout,
-        "socket_keepalive": True,
-    }
+ClientT = TypeVar("ClientT", "redis.Redis", "redis.asyncio.Redis")
 
 
-class _Base:
-    """What both publishers share: validation, serialization and the shapes of the helper events."""
-
-    def __init__(self, prefix: str, options: PublishOptions) -> None:
-        self._layout = RedisLayout(prefix)
-        self._options = options
-
-    def _call_args(self, channel: str, event: str, data: Any) -> tuple[list[str], list[str | int]]:
-        validate_channel(channel)
-        validate_event_type(event)
-        # dump_json raises InvalidValueError (code INVALID_DATA) for NaN, infinities and non-JSON values.
-        return publish_call(self._layout, self._options, channel, event, dump_json(data))
-
-    @staticmethod
-    def _download_progress(download_id: str | int, progress: float, extra: Mapping[str, Any]) -> dict[str, Any]:
-        if isinstance(progress, bool) or not isinstance(progress, (int, float)) or not math.isfinite(progress):
-            raise InvalidValueError(f"progress must be a finite number, got {progress!r}")
-        return {"download_id": download_id, "progress": progress, **extra}
-
-    @staticmethod
-    def _system_notification(message: str, level: str, extra: Mapping[str, Any]) -> dict[str, Any]:
-        return {"message": message, "level": level, **extra}
-
-
-class Publisher(_Base):
-    """A blocking publisher on a redis-py client. Safe to share between threads (redis-py pools are).
+class _Base(Generic[ClientT]):
+    """What both publishers share: construction, validation, serialization and the helper events' shapes.
 
     Args:
-        client: a ``redis.Redis`` with ``decode_responses=True``; use :meth:`from_url` to build one.
+        client: a redis-py client (``decode_responses=True``); :meth:`from_url` builds one.
         prefix, history_size, history_ttl, max_channels: as the hubs on this Redis use them.
         pool_size: publishes in flight at once (the client's pool should allow as many connections);
             more wait for a free one.
@@ -92,7 +60,7 @@ class Publisher(_Base):
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: ClientT,
         *,
         prefix: str = DEFAULT_PREFIX,
         history_size: int = 1000,
@@ -101,12 +69,11 @@ class Publisher(_Base):
         pool_size: int = 8,
         wait_timeout: float = 10.0,
     ) -> None:
-        super().__init__(prefix, PublishOptions(history_size, history_ttl, max_channels))
-        self._client = client
-        self._helpers: list[redis.Redis] = []  # Sentinel clients that from_url made, closed with ours
-        self._slots = self._make_slots(pool_size)
+        self._publishing = PublishScript(prefix, history_size, history_ttl, max_channels)
+        self._client: ClientT = client
+        self._helpers: list[ClientT] = []  # Sentinel clients that from_url made, closed with ours
         self._slot_timeout = wait_timeout
-        self._script: Script = client.register_script(load_script("publish.lua"))
+        self._pool_size = pool_size
 
     @classmethod
     def from_url(
@@ -120,17 +87,15 @@ class Publisher(_Base):
         socket_timeout: float = 5.0,
         connect_timeout: float = 5.0,
         pool_size: int = 8,
-    ) -> Publisher:
-        """Connect to ``redis://``, ``rediss://`` or ``redis+sentinel://`` (the broker's URL forms).
+    ) -> Self:
+        """Connect to ``redis://``, ``rediss://`` or ``redis+sentinel://`` (the broker's URL forms), lazily.
 
         Raises:
             MissingDependencyError: redis-py is not installed.
             InvalidValueError: a bad URL or setting.
         """
         require_redis()
-        client, helpers = _sync_client(
-            parse_redis_url(url), _client_options(socket_timeout, connect_timeout, pool_size)
-        )
+        client, helpers = cls._connect(parse_redis_url(url), ClientOptions(pool_size, socket_timeout, connect_timeout))
         publisher = cls(
             client,
             prefix=prefix,
@@ -144,8 +109,40 @@ class Publisher(_Base):
         return publisher
 
     @staticmethod
-    def _make_slots(size: int) -> threading.BoundedSemaphore:
-        return threading.BoundedSemaphore(size)
+    def _connect(target: RedisTarget, options: ClientOptions) -> tuple[ClientT, list[ClientT]]:
+        raise NotImplementedError
+
+    def _call_args(self, channel: str, event: str, data: Any) -> tuple[list[str], list[str | int]]:
+        validate_channel(channel)
+        validate_event_type(event)
+        # dump_json raises InvalidValueError (code INVALID_DATA) for NaN, infinities and non-JSON values.
+        return self._publishing.call(channel, event, dump_json(data))
+
+    @staticmethod
+    def _download_progress(download_id: str | int, progress: float, extra: Mapping[str, Any]) -> dict[str, Any]:
+        if isinstance(progress, bool) or not isinstance(progress, (int, float)) or not math.isfinite(progress):
+            raise InvalidValueError(f"progress must be a finite number, got {progress!r}")
+        return {"download_id": download_id, "progress": progress, **extra}
+
+    @staticmethod
+    def _system_notification(message: str, level: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+        return {"message": message, "level": level, **extra}
+
+
+class Publisher(_Base["redis.Redis"]):
+    """A blocking publisher on a redis-py client. Safe to share between threads (redis-py pools are).
+
+    Arguments as :class:`_Base`; build it with :meth:`from_url`, or pass a ``redis.Redis``.
+    """
+
+    def __init__(self, client: redis.Redis, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        self._slots = threading.BoundedSemaphore(self._pool_size)
+        self._script: Script = client.register_script(self._publishing.source)
+
+    @staticmethod
+    def _connect(target: RedisTarget, options: ClientOptions) -> tuple[redis.Redis, list[redis.Redis]]:
+        return connect_sync(target, options)
 
     def publish(self, channel: str, event: str, data: Any) -> str:
         """Publish ``data`` (any JSON-serializable value) and return the event's id.
@@ -164,7 +161,7 @@ class Publisher(_Base):
         try:
             return str(self._script(keys=keys, args=args, client=self._client))
         except (RedisError, OSError) as exc:
-            raise translate_error(exc, "publish") from exc
+            raise self._publishing.error(exc) from exc
         finally:
             self._slots.release()
 
@@ -192,77 +189,35 @@ class Publisher(_Base):
         self.close()
 
 
-class AsyncPublisher(_Base):
+class AsyncPublisher(_Base["redis.asyncio.Redis"]):
     """An asyncio publisher on a ``redis.asyncio`` client; same arguments as :class:`Publisher`."""
 
-    def __init__(
-        self,
-        client: redis.asyncio.Redis,
-        *,
-        prefix: str = DEFAULT_PREFIX,
-        history_size: int = 1000,
-        history_ttl: float = 3600.0,
-        max_channels: int = 10000,
-        pool_size: int = 8,
-        wait_timeout: float = 10.0,
-    ) -> None:
-        super().__init__(prefix, PublishOptions(history_size, history_ttl, max_channels))
-        self._client = client
-        self._helpers: list[redis.asyncio.Redis] = []
-        self._slots = self._make_slots(pool_size)
-        self._slot_timeout = wait_timeout
-        self._script: AsyncScript = client.register_script(load_script("publish.lua"))
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        prefix: str = DEFAULT_PREFIX,
-        history_size: int = 1000,
-        history_ttl: float = 3600.0,
-        max_channels: int = 10000,
-        socket_timeout: float = 5.0,
-        connect_timeout: float = 5.0,
-        pool_size: int = 8,
-    ) -> AsyncPublisher:
-        """Build a publisher for ``url`` (connects lazily, on the first publish).
-
-        Raises:
-            MissingDependencyError: redis-py is not installed.
-            InvalidValueError: a bad URL or setting.
-        """
-        require_redis()
-        client, helpers = _async_client(
-            parse_redis_url(url), _client_options(socket_timeout, connect_timeout, pool_size)
-        )
-        publisher = cls(
-            client,
-            prefix=prefix,
-            history_size=history_size,
-            history_ttl=history_ttl,
-            max_channels=max_channels,
-            pool_size=pool_size,
-            wait_timeout=socket_timeout + connect_timeout,
-        )
-        publisher._helpers = helpers
-        return publisher
+    def __init__(self, client: redis.asyncio.Redis, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        self._slots = asyncio.Semaphore(self._pool_size)
+        self._script: AsyncScript = client.register_script(self._publishing.source)
 
     @staticmethod
-    def _make_slots(size: int) -> asyncio.Semaphore:
-        return asyncio.Semaphore(size)
+    def _connect(target: RedisTarget, options: ClientOptions) -> tuple[redis.asyncio.Redis, list[redis.asyncio.Redis]]:
+        return connect_async(target, options)
 
     async def publish(self, channel: str, event: str, data: Any) -> str:
         """Publish ``data`` and return the event's id (see :meth:`Publisher.publish`)."""
         from redis.exceptions import RedisError
 
         keys, args = self._call_args(channel, event, data)
+        # More concurrent publishes than connections wait for one (bounded) instead of failing in redis-py.
         try:
-            # More concurrent publishes than connections wait for one (bounded) instead of failing in redis-py.
-            async with asyncio.timeout(self._slot_timeout * 2), self._slots:
-                return str(await self._script(keys=keys, args=args, client=self._client))
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise translate_error(exc, "publish") from exc
+            async with asyncio.timeout(self._slot_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise BrokerUnavailableError(f"no free Redis connection within {self._slot_timeout:g}s") from None
+        try:
+            return str(await self._script(keys=keys, args=args, client=self._client))
+        except (RedisError, OSError) as exc:
+            raise self._publishing.error(exc) from exc
+        finally:
+            self._slots.release()
 
     async def publish_download_progress(self, download_id: str | int, progress: float, **extra: Any) -> str:
         """``download_progress`` on ``download:updates``: ``{"download_id", "progress", **extra}``."""
@@ -288,36 +243,3 @@ class AsyncPublisher(_Base):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-
-def _sync_client(target: RedisTarget, options: dict[str, Any]) -> tuple[redis.Redis, list[redis.Redis]]:
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-    from redis.sentinel import Sentinel
-
-    # No retries: a publish retried after a timeout could store the event twice.
-    options = {**options, "retry": Retry(NoBackoff(), 0)}
-    if not target.is_sentinel:
-        return redis.Redis.from_url(target.url, **options), []
-    sentinel_kwargs = {"socket_timeout": options["socket_timeout"], **target.sentinel_kwargs}
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-    client = sentinel.master_for(target.service_name, **options, **target.master_kwargs)  # type: ignore[no-untyped-call]
-    return client, list(sentinel.sentinels)
-
-
-def _async_client(
-    target: RedisTarget, options: dict[str, Any]
-) -> tuple[redis.asyncio.Redis, list[redis.asyncio.Redis]]:
-    import redis.asyncio
-    from redis.asyncio.retry import Retry
-    from redis.asyncio.sentinel import Sentinel
-    from redis.backoff import NoBackoff
-
-    options = {**options, "retry": Retry(NoBackoff(), 0)}
-    if not target.is_sentinel:
-        return redis.asyncio.Redis.from_url(target.url, **options), []
-    sentinel_kwargs = {"socket_timeout": options["socket_timeout"], **target.sentinel_kwargs}
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-    client = sentinel.master_for(target.service_name, **options, **target.master_kwargs)
-    return client, list(sentinel.sentinels)

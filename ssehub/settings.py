@@ -7,14 +7,32 @@ table and this class agree.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ssehub.events import validate_channel
+from ssehub.exceptions import InvalidValueError
 
 DEFAULT_CHANNELS = ("download:updates", "queue:updates", "system:notifications")
+#: A Redis key prefix: what every key of the Redis broker and the publishers starts with.
+_REDIS_PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}")
+
+
+def validate_redis_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a valid Redis key prefix (the one rule, for settings and direct arguments).
+
+    Raises:
+        InvalidValueError: it is not.
+    """
+    if not isinstance(prefix, str) or _REDIS_PREFIX_RE.fullmatch(prefix) is None:
+        raise InvalidValueError(
+            f"invalid Redis key prefix {str(prefix)[:70]!r}: use 1-64 characters from A-Z a-z 0-9 _ . : -, "
+            "starting with a letter or digit"
+        )
+    return prefix
 
 
 def _split_csv(value: object) -> object:
@@ -68,9 +86,12 @@ class Settings(BaseSettings):
     max_channels_per_stream: int = Field(32, ge=1, description="Channels one stream may subscribe to.")
     redis_pool_size: int = Field(8, ge=1, description="Command connections per process on the Redis broker.")
     redis_prefix: str = Field(
-        "ssehub",
-        pattern=r"^[A-Za-z0-9_.:\-]{1,64}$",
-        description="Key prefix (and Cluster hash tag) of the Redis broker; hubs and publishers must agree.",
+        "ssehub", description="Key prefix (and Cluster hash tag) of the Redis broker; hubs and publishers must agree."
+    )
+    fast_path: bool = Field(
+        True,
+        description="Write streams straight to uvicorn's transport when served by uvicorn (httptools, HTTP/1.1); "
+        "false: always the portable ASGI writer.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of `ssehub serve`."
@@ -94,6 +115,11 @@ class Settings(BaseSettings):
         for name in value:
             validate_channel(name)
         return value
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _check_redis_prefix(cls, value: str) -> str:
+        return validate_redis_prefix(value)
 
     @field_validator("broker_url")
     @classmethod

@@ -9,7 +9,7 @@ value without looking at the others.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ssehub._types import Receive
@@ -59,12 +59,30 @@ def validate_filters(filters: Mapping[str, str]) -> dict[str, str]:
 class Subscription:
     """One stream's subscription: channels, filters and the connection its events go to."""
 
-    __slots__ = ("backlog", "channels", "connection", "cutoff", "filters", "pending", "pending_bytes", "rest")
+    __slots__ = (
+        "_on_live",
+        "backlog",
+        "channels",
+        "connection",
+        "cutoff",
+        "filters",
+        "pending",
+        "pending_bytes",
+        "rest",
+    )
 
-    def __init__(self, channels: tuple[str, ...], filters: dict[str, str], connection: Connection) -> None:
+    def __init__(
+        self,
+        channels: tuple[str, ...],
+        filters: dict[str, str],
+        connection: Connection,
+        on_live: Callable[[Subscription], None] | None = None,
+    ) -> None:
         self.channels = channels
         self.filters = filters
         self.connection = connection
+        # Called once the subscription has caught up (the hub moves it to its channels' live sets).
+        self._on_live = on_live
         # Filters other than the one used for the index, checked per event; None when there are none.
         self.rest: tuple[tuple[str, str], ...] | None = tuple(sorted(filters.items()))[1:] or None
         # Live events held while history is read and written; None once caught up.
@@ -105,6 +123,9 @@ class Subscription:
         for event in pending:
             if event.id > cutoff:
                 connection.push(event.frame, event.chunk)
+        # No await since the last held event: the next live event goes straight to the connection.
+        if self._on_live is not None and not connection.closed:
+            self._on_live(self)
 
     def accepts(self, fields: Mapping[str, Any]) -> bool:
         """Whether an event with these data fields passes every filter."""
@@ -124,32 +145,49 @@ class Subscription:
 
 
 class ChannelIndex:
-    """The subscriptions of one channel: unfiltered ones, and filtered ones by (field, value)."""
+    """The subscriptions of one channel, as the fan-out reads them.
 
-    __slots__ = ("by_field", "count", "plain")
+    - ``live``: the connections of unfiltered subscriptions that have caught up; an event's bytes are pushed
+      to each with no further check (the hot loop);
+    - ``catching``: unfiltered subscriptions still catching up; they hold live events aside
+      (:meth:`Subscription.hold`) until :meth:`promote` moves them to ``live``;
+    - ``by_field``: filtered subscriptions by their first filter (field, value); they go through ``hold``,
+      which checks whether they caught up.
+    """
+
+    __slots__ = ("by_field", "catching", "count", "live")
 
     def __init__(self) -> None:
-        self.plain: dict[Subscription, None] = {}
+        self.live: dict[Connection, Subscription] = {}
+        self.catching: dict[Subscription, None] = {}
         self.by_field: dict[str, dict[str, dict[Subscription, None]]] = {}
         self.count = 0
 
     def add(self, sub: Subscription) -> None:
+        """Index a new subscription (catching up until promoted)."""
         if sub.filters:
             name, value = min(sub.filters.items())
             self.by_field.setdefault(name, {}).setdefault(value, {})[sub] = None
         else:
-            self.plain[sub] = None
+            self.catching[sub] = None
         self.count += 1
+
+    def promote(self, sub: Subscription) -> None:
+        """An unfiltered subscription caught up: deliver to its connection directly from now on."""
+        if sub in self.catching:
+            del self.catching[sub]
+            self.live[sub.connection] = sub
 
     def subscriptions(self) -> list[Subscription]:
         """Every subscription of the channel, filtered or not."""
-        subs = list(self.plain)
+        subs = [*self.live.values(), *self.catching]
         for by_value in self.by_field.values():
             for group in by_value.values():
                 subs.extend(group)
         return subs
 
     def remove(self, sub: Subscription) -> None:
+        """Forget a subscription."""
         if sub.filters:
             name, value = min(sub.filters.items())
             by_value = self.by_field[name]
@@ -159,6 +197,8 @@ class ChannelIndex:
                 del by_value[value]
                 if not by_value:
                     del self.by_field[name]
+        elif sub in self.catching:
+            del self.catching[sub]
         else:
-            del self.plain[sub]
+            del self.live[sub.connection]
         self.count -= 1

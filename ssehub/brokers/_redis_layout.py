@@ -1,4 +1,6 @@
-"""What the Redis broker and the publishers share: key names, Lua scripts, URL parsing, error translation.
+"""What the Redis broker and the publishers share: key names, Lua scripts, the publish call, error translation.
+
+Connections are made in one place, ``ssehub/brokers/redis_client.py``.
 
 The layout is documented for other languages in ``docs/redis-layout.md``; change both together.
 Every key carries the hash tag ``{<prefix>}`` so that all of them live in one Redis Cluster slot: the
@@ -7,37 +9,18 @@ publish script touches the global ``last-id`` key and a channel's stream in one 
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any
 
 from ssehub.events import Event, EventId
-from ssehub.exceptions import (
-    BrokerUnavailableError,
-    ChannelLimitError,
-    InvalidValueError,
-    MissingDependencyError,
-    SSEHubError,
-)
+from ssehub.exceptions import BrokerUnavailableError, ChannelLimitError, InvalidValueError, SSEHubError
+from ssehub.settings import validate_redis_prefix
 
 DEFAULT_PREFIX = "ssehub"
 #: The error text the publish script starts with when a new channel would exceed ``max_channels``.
 CHANNEL_LIMIT_MARKER = "SSEHUB_CHANNEL_LIMIT"
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
-_PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}")
-
-
-def require_redis() -> None:
-    """Raise MissingDependencyError unless redis-py is importable."""
-    try:
-        import redis  # noqa: F401
-    except ImportError as exc:
-        raise MissingDependencyError("redis", "redis") from exc
 
 
 @cache
@@ -60,10 +43,7 @@ class RedisLayout:
     prefix: str = DEFAULT_PREFIX
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prefix, str) or _PREFIX_RE.fullmatch(self.prefix) is None:
-            raise InvalidValueError(
-                f"invalid Redis key prefix {str(self.prefix)[:70]!r}: use 1-64 characters from A-Z a-z 0-9 _ . : -"
-            )
+        validate_redis_prefix(self.prefix)
 
     @property
     def tag(self) -> str:
@@ -161,89 +141,6 @@ def translate_error(exc: BaseException, action: str) -> SSEHubError:
     return BrokerUnavailableError(f"Redis failed to {action}: {type(exc).__name__}: {text[:200]}")
 
 
-@dataclass(frozen=True, slots=True)
-class RedisTarget:
-    """Where to connect, parsed from a broker URL.
-
-    ``redis://`` and ``rediss://`` URLs are handed to redis-py as they are (user, password, db and query
-    options included). ``redis+sentinel://[user:pass@]host:port[,host:port...]/service_name[/db]`` names
-    Sentinel nodes; the credentials are those of the Redis master. Query options ``sentinel_username`` and
-    ``sentinel_password`` authenticate to the Sentinels themselves.
-    """
-
-    url: str
-    sentinels: tuple[tuple[str, int], ...] = ()
-    service_name: str = ""
-    master_kwargs: dict[str, Any] = field(default_factory=dict)
-    sentinel_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def is_sentinel(self) -> bool:
-        """Whether the URL names Sentinel nodes."""
-        return bool(self.sentinels)
-
-    def describe(self) -> str:
-        """The target without credentials, for logs and /health."""
-        if self.is_sentinel:
-            hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
-            return f"redis+sentinel://{hosts}/{self.service_name}"
-        parts = urlsplit(self.url)
-        host = parts.hostname or "localhost"
-        return f"{parts.scheme}://{host}:{parts.port or 6379}{parts.path}"
-
-
-def parse_redis_url(url: str) -> RedisTarget:
-    """Parse a broker URL into a RedisTarget.
-
-    Raises:
-        InvalidValueError: the URL is not a Redis URL ssehub understands.
-    """
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in {"redis", "rediss", "unix"}:
-        return RedisTarget(url=url)
-    if scheme != "redis+sentinel":
-        raise InvalidValueError("a Redis broker URL starts with redis://, rediss:// or redis+sentinel://")
-    rest = url.split("://", 1)[1]
-    rest, _, query = rest.partition("?")
-    netloc, _, path = rest.partition("/")
-    userinfo, _, hosts = netloc.rpartition("@")
-    master: dict[str, Any] = {}
-    if userinfo:
-        user, has_password, password = userinfo.partition(":")
-        if has_password:
-            master["password"] = unquote(password)
-            if user:
-                master["username"] = unquote(user)
-        else:
-            master["password"] = unquote(user)
-    sentinels: list[tuple[str, int]] = []
-    for item in hosts.split(","):
-        host, _, port = item.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise InvalidValueError(f"redis+sentinel:// URL: expected host:port, got {item.strip()[:60]!r}")
-        sentinels.append((host.strip("[]"), int(port)))
-    segments = [unquote(s) for s in path.split("/") if s]
-    if not segments or len(segments) > 2 or (len(segments) == 2 and not segments[1].isdigit()):
-        raise InvalidValueError("redis+sentinel:// URL: expected /service_name or /service_name/db after the hosts")
-    if len(segments) == 2:
-        master["db"] = int(segments[1])
-    options = {key: values[-1] for key, values in parse_qs(query).items()}
-    sentinel_auth: dict[str, Any] = {}
-    if "sentinel_password" in options:
-        sentinel_auth["password"] = options.pop("sentinel_password")
-    if "sentinel_username" in options:
-        sentinel_auth["username"] = options.pop("sentinel_username")
-    if options:
-        raise InvalidValueError(f"redis+sentinel:// URL: unknown options {sorted(options)}")
-    return RedisTarget(
-        url=url,
-        sentinels=tuple(sentinels),
-        service_name=segments[0],
-        master_kwargs=master,
-        sentinel_kwargs=sentinel_auth,
-    )
-
-
 def events_from_entries(channel: str, entries: list[Any]) -> list[Event]:
     """Events from XRANGE entries (``[id, [field, value, ...]]``, decoded to str)."""
     events: list[Event] = []
@@ -253,36 +150,35 @@ def events_from_entries(channel: str, entries: list[Any]) -> list[Event]:
     return events
 
 
-def make_async_clients(
-    target: RedisTarget, pool_size: int, socket_timeout: float, connect_timeout: float
-) -> tuple[Redis, Redis, list[Redis]]:
-    """The broker's command client (``pool_size`` connections), its pub/sub client, and Sentinel clients."""
-    from redis.asyncio import ConnectionPool, Redis
-    from redis.asyncio.retry import Retry
-    from redis.asyncio.sentinel import Sentinel
-    from redis.backoff import NoBackoff
+class PublishScript:
+    """``publish.lua`` and its KEYS and ARGV for one event: what the broker and every publisher run.
 
-    # No retries inside redis-py: a retried publish could store an event twice, and the reader does its
-    # own reconnection (it must catch up from history, which redis-py's resubscribe does not).
-    common: dict[str, Any] = {
-        "decode_responses": True,
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": connect_timeout,
-        "socket_keepalive": True,
-        "retry": Retry(NoBackoff(), 0),
-    }
-    if target.is_sentinel:
-        sentinel_kwargs = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": connect_timeout,
-            **target.sentinel_kwargs,
-        }
-        sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-        options = {**common, **target.master_kwargs}
-        client = sentinel.master_for(target.service_name, max_connections=pool_size, **options)
-        pubsub_client = sentinel.master_for(target.service_name, max_connections=2, **options)
-        return client, pubsub_client, list(sentinel.sentinels)
-    pool = ConnectionPool.from_url(target.url, max_connections=pool_size, **common)
-    # The reader holds one pub/sub connection; 2 leaves room for the one being closed while it reconnects.
-    pubsub_pool = ConnectionPool.from_url(target.url, max_connections=2, **common)
-    return Redis(connection_pool=pool, retry=common["retry"]), Redis(connection_pool=pubsub_pool), []
+    Args:
+        prefix, history_size, history_ttl, max_channels: as the hubs on that Redis use them (the script trims
+            with the values its caller passes, so every writer must pass the same).
+
+    Raises:
+        InvalidValueError: a bad prefix or retention value.
+    """
+
+    __slots__ = ("layout", "options", "source")
+
+    def __init__(
+        self,
+        prefix: str = DEFAULT_PREFIX,
+        history_size: int = 1000,
+        history_ttl: float = 3600.0,
+        max_channels: int = 10000,
+    ) -> None:
+        self.layout = RedisLayout(prefix)
+        self.options = PublishOptions(history_size, history_ttl, max_channels)
+        self.source = load_script("publish.lua")
+
+    def call(self, channel: str, event: str, data: str) -> tuple[list[str], list[str | int]]:
+        """The KEYS and ARGV for publishing one event (validated by the caller)."""
+        return publish_call(self.layout, self.options, channel, event, data)
+
+    @staticmethod
+    def error(exc: BaseException) -> SSEHubError:
+        """The ssehub exception for a failed publish."""
+        return translate_error(exc, "publish")

@@ -21,24 +21,22 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ssehub.brokers._redis_layout import (
     CHANNEL_LIMIT_MARKER,
     DEFAULT_PREFIX,
     PublishOptions,
+    PublishScript,
     RedisLayout,
-    RedisTarget,
     events_from_entries,
     load_script,
-    make_async_clients,
     parse_notification,
-    parse_redis_url,
-    publish_call,
-    require_redis,
     translate_error,
 )
 from ssehub.brokers.base import Broker, BrokerStatus, DeliverCallback, GapCallback, History
+from ssehub.brokers.redis_client import ClientOptions, RedisTarget, connect_async, parse_redis_url, require_redis
 from ssehub.events import Event, EventId, validate_channel, validate_event_type
 from ssehub.exceptions import BrokerUnavailableError
 
@@ -48,6 +46,8 @@ if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
 
     from ssehub.settings import Settings
+
+__all__ = ["DEFAULT_PREFIX", "PublishScript", "RedisBroker"]
 
 logger = logging.getLogger("ssehub.brokers.redis")
 
@@ -96,8 +96,9 @@ class RedisBroker(Broker):
     ) -> None:
         require_redis()
         self._target: RedisTarget = parse_redis_url(url)
-        self._layout = RedisLayout(prefix)
-        self._options = PublishOptions(history_size, history_ttl, max_channels)
+        self._publishing = PublishScript(prefix, history_size, history_ttl, max_channels)
+        self._layout: RedisLayout = self._publishing.layout
+        self._options: PublishOptions = self._publishing.options
         self._pool_size = pool_size
         self._socket_timeout = socket_timeout
         self._connect_timeout = connect_timeout
@@ -123,12 +124,10 @@ class RedisBroker(Broker):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisBroker:
-        """Build the broker from ssehub settings (``broker_url``, retention, ``redis_pool_size``)."""
-        # redis_prefix is not a setting yet; read it when it appears so the key prefix is configurable.
-        prefix = getattr(settings, "redis_prefix", DEFAULT_PREFIX)
+        """Build the broker from ssehub settings (``broker_url``, ``redis_prefix``, retention, pool size)."""
         return cls(
             settings.broker_url,
-            prefix=str(prefix),
+            prefix=settings.redis_prefix,
             history_size=settings.history_size,
             history_ttl=settings.history_ttl,
             max_channels=settings.max_channels,
@@ -146,9 +145,11 @@ class RedisBroker(Broker):
         """
         if self._reader is not None:
             raise RuntimeError("RedisBroker.start() called twice")
-        self._client, self._pubsub_client, self._sentinel_clients = make_async_clients(
-            self._target, self._pool_size, self._socket_timeout, self._connect_timeout
-        )
+        options = ClientOptions(self._pool_size, self._socket_timeout, self._connect_timeout)
+        self._client, helpers = connect_async(self._target, options)
+        # The reader holds one pub/sub connection; 2 leaves room for the one being closed while it reconnects.
+        self._pubsub_client, pubsub_helpers = connect_async(self._target, replace(options, pool_size=2))
+        self._sentinel_clients = helpers + pubsub_helpers
         for name in ("publish.lua", "read.lua", "head.lua"):
             self._scripts[name] = self._client.register_script(load_script(name))
         self._deliver = deliver
@@ -208,7 +209,7 @@ class RedisBroker(Broker):
         """
         validate_channel(channel)
         validate_event_type(event)
-        keys, args = publish_call(self._layout, self._options, channel, event, data)
+        keys, args = self._publishing.call(channel, event, data)
         id_text = await self._call("publish.lua", keys, args, "publish")
         return Event(EventId.parse(str(id_text)), channel, event, data)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from ssehub.brokers import create_broker
-from ssehub.brokers._redis_layout import RedisLayout, load_script, parse_redis_url
+from ssehub.brokers._redis_layout import RedisLayout, load_script
 from ssehub.brokers.redis import RedisBroker
+from ssehub.brokers.redis_client import parse_redis_url
 from ssehub.exceptions import InvalidValueError
 from ssehub.settings import Settings
 
