@@ -254,3 +254,60 @@ def test_missing_httpx_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "httpx", None)
     with pytest.raises(MissingDependencyError, match=r"ssehub\[client\]"):
         subscribe("http://127.0.0.1:1/stream")
+
+
+class Flaky:
+    """An ASGI front that refuses the first ``failures`` stream requests with ``status`` (as a proxy during a
+    deploy, or an auth layer would), then passes requests to the hub."""
+
+    def __init__(self, app: Any, status: int, failures: int) -> None:
+        self.app = app
+        self.status = status
+        self.failures = failures
+        self.refused = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/stream") and self.refused < self.failures:
+            self.refused += 1
+            body = b'{"error": "refused by the test front", "code": "TEST"}'
+            headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
+            await send({"type": "http.response.start", "status": self.status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+async def test_passing_refusals_are_retried(status: int, client: httpx.AsyncClient) -> None:
+    """429, 500, 502, 503 and 504 are retried, waiting Retry-After (capped), until the stream opens."""
+    hub = Hub(make_settings())
+    front = Flaky(create_app(hub=hub), status, failures=2)
+    states: list[ConnectionState] = []
+    with running_server(front) as base:
+        api = base + hub.settings.prefix
+        subscriber = subscribe(
+            f"{api}/stream", channels=["a"], initial_retry_delay=0.01, max_retry_delay=0.2, on_state=states.append
+        )
+        async with subscriber:
+            reader = asyncio.ensure_future(_take(subscriber, 1))
+            async with asyncio.timeout(10):
+                while subscriber.state != "open":
+                    await asyncio.sleep(0.02)
+            event_id = await _publish(client, api, "a", {"ok": True})
+            events = await reader
+    assert [e.id for e in events] == [event_id]
+    refusals = [s for s in states if s.state == "reconnecting"]
+    assert [s.attempt for s in refusals] == [1, 2]
+    assert all(s.error is not None and s.error.startswith(f"{status} TEST") for s in refusals)
+    assert all(s.delay == pytest.approx(0.2) for s in refusals)  # Retry-After: 1, capped at 0.2
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_auth_refusals_are_final(status: int) -> None:
+    """401 and 403 raise SubscribeError at once, without a retry."""
+    hub = Hub(make_settings())
+    front = Flaky(create_app(hub=hub), status, failures=5)
+    with running_server(front) as base, pytest.raises(SubscribeError) as caught:
+        await _take(subscribe(f"{base}{hub.settings.prefix}/stream", initial_retry_delay=0.01), 1)
+    assert (caught.value.status, caught.value.code) == (status, "TEST")
+    assert front.refused == 1
