@@ -23,6 +23,8 @@ from ssehub.client import (
 from ssehub.exceptions import MissingDependencyError
 from ssehub.testing import free_port, open_stream, running_server
 from tests.conftest import make_settings
+from tests.redis_server import REDIS_SERVER, SKIP_REASON, redis_server
+from tests.serve_process import serve
 
 pytestmark = pytest.mark.anyio
 
@@ -311,3 +313,44 @@ async def test_auth_refusals_are_final(status: int) -> None:
         await _take(subscribe(f"{base}{hub.settings.prefix}/stream", initial_retry_delay=0.01), 1)
     assert (caught.value.status, caught.value.code) == (status, "TEST")
     assert front.refused == 1
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REASON)
+async def test_resume_across_a_hub_restart_on_redis() -> None:
+    """The hub process is stopped and started again on the same Redis while a worker keeps publishing: the
+    client reconnects by itself and receives every event once, in order, including those published while the
+    hub was down."""
+    from ssehub import AsyncPublisher
+
+    states: list[ConnectionState] = []
+    published: list[str] = []
+    with redis_server() as redis, serve(broker_url=redis.url, demo="false") as server:
+        async with AsyncPublisher.from_url(redis.url) as publisher:
+            subscriber = subscribe(
+                f"{server.api}/stream",
+                channels=["jobs"],
+                initial_retry_delay=0.05,
+                max_retry_delay=0.5,
+                on_state=states.append,
+            )
+            async with subscriber:
+                reader = asyncio.ensure_future(_take(subscriber, 30, timeout=40))
+                async with asyncio.timeout(10):
+                    while subscriber.state != "open":
+                        await asyncio.sleep(0.02)
+                for n in range(10):
+                    published.append(await publisher.publish("jobs", "job", {"n": n}))
+                await asyncio.to_thread(server.stop)
+                for n in range(10, 20):  # the hub is down: these wait in Redis
+                    published.append(await publisher.publish("jobs", "job", {"n": n}))
+                async with asyncio.timeout(10):
+                    while len([s for s in states if s.state == "reconnecting"]) < 2:
+                        await asyncio.sleep(0.02)
+                await asyncio.to_thread(server.start)
+                for n in range(20, 30):
+                    published.append(await publisher.publish("jobs", "job", {"n": n}))
+                events = await reader
+    assert [e.id for e in events] == published
+    assert [e.data["n"] for e in events] == list(range(30))
+    assert any(s.error and "ConnectError" in s.error for s in states)
