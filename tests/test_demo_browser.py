@@ -158,6 +158,8 @@ async def test_two_tabs_receive_the_same_events_and_closing_one_releases_it(
     first = await open_dashboard(context, memory_server)
     second = await open_dashboard(context, memory_server)
     assert await active_connections(memory_server) == 2
+    for page in (first, second):
+        await wait_for(page, "demo.events >= 1")
     start = max(await first.evaluate("demo.lastSeq"), await second.evaluate("demo.lastSeq"))
     for page in (first, second):
         await wait_for(page, f"demo.lastSeq >= {start} + 15")
