@@ -59,7 +59,7 @@ export function createHooks(React, SSEHubClient) {
    * stray connection.
    *
    * @param {string} url
-   * @param {object} [options] SSEHubClient options.
+   * @param {import("./ssehub.js").SSEHubClientOptions} [options] SSEHubClient options.
    * @returns {any} the SSEHubClient.
    */
   function useSSEClient(url, options = {}) {
@@ -70,8 +70,8 @@ export function createHooks(React, SSEHubClient) {
         new SSEHubClient(url, {
           ...options,
           autoConnect: false,
-          token: typeof options.token === "function" ? () => token.current() : options.token,
-          onReset: (info) => onReset.current?.(info),
+          token: typeof options.token === "function" ? () => /** @type {Function} */ (token.current)() : options.token,
+          onReset: (/** @type {any} */ info) => onReset.current?.(info),
         }),
       // The client is rebuilt for a new URL only; see the doc comment.
       // eslint-disable-next-line react-hooks/exhaustive-deps
@@ -93,7 +93,10 @@ export function createHooks(React, SSEHubClient) {
    */
   function useSSEEvent(client, type, handler) {
     const latest = useLatest(handler);
-    useEffect(() => client?.on(type, (data, event) => latest.current(data, event)), [client, type]);
+    useEffect(
+      () => client?.on(type, (/** @type {any} */ data, /** @type {any} */ event) => latest.current(data, event)),
+      [client, type],
+    );
   }
 
   /**
@@ -111,9 +114,9 @@ export function createHooks(React, SSEHubClient) {
     const latestReduce = useLatest(reduce);
     useEffect(
       () =>
-        client?.on(type, (data, event) => {
+        client?.on(type, (/** @type {any} */ data, /** @type {any} */ event) => {
           const fn = latestReduce.current;
-          setValue((previous) => (fn === undefined ? data : fn(previous, data, event)));
+          setValue((/** @type {any} */ previous) => (fn === undefined ? data : fn(previous, data, event)));
         }),
       [client, type],
     );
@@ -138,7 +141,9 @@ export function createHooks(React, SSEHubClient) {
     useEffect(() => {
       setInfo(read()); // what changed between the render and this effect (or the client went away)
       if (!client) return undefined;
-      return client.onState((state, details) => setInfo({ state, ...details }));
+      return client.onState((/** @type {string} */ state, /** @type {object} */ details) =>
+        setInfo({ state, ...details }),
+      );
       // eslint-disable-next-line react-hooks/exhaustive-deps
     }, [client]);
     return info;

@@ -88,7 +88,7 @@ export class SSEHubError extends Error {
   /**
    * The hub's error code (`MAX_CONNECTIONS`, `UNKNOWN_CHANNEL`, ...) or the client's own: `DISCONNECTED`,
    * `HEARTBEAT_TIMEOUT`, `CONNECT_TIMEOUT`, `REFUSED`, `UNREACHABLE`, `NOT_AN_EVENT_STREAM`, `TOKEN_ERROR`,
-   * `NO_CONTENT`, `HTTP_<status>`.
+   * `NO_CONTENT`, `EVENTSOURCE_ERROR`, `HTTP_<status>`.
    */
   code: string | undefined;
   /** ms the server asked to wait (Retry-After). */

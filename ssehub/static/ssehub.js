@@ -36,9 +36,9 @@ const WATCHDOG_SLACK_MS = 1000;
 /**
  * An error the client reports in its state info (`info.error`) or when it gives up.
  *
- * `code` is one of the client's own codes (`DISCONNECTED`, `HEARTBEAT_TIMEOUT`, `CONNECT_TIMEOUT`, `UNREACHABLE`,
- * `NOT_AN_EVENT_STREAM`, `TOKEN_ERROR`, `NO_CONTENT`, `HTTP_<status>`) or the hub's `code` from its JSON error body
- * (`MAX_CONNECTIONS`, `UNKNOWN_CHANNEL`, ...).
+ * `code` is one of the client's own codes (`DISCONNECTED`, `HEARTBEAT_TIMEOUT`, `CONNECT_TIMEOUT`, `REFUSED`,
+ * `UNREACHABLE`, `NOT_AN_EVENT_STREAM`, `TOKEN_ERROR`, `NO_CONTENT`, `EVENTSOURCE_ERROR`, `HTTP_<status>`) or the
+ * hub's `code` from its JSON error body (`MAX_CONNECTIONS`, `UNKNOWN_CHANNEL`, ...).
  */
 export class SSEHubError extends Error {
   /**
@@ -125,7 +125,7 @@ function report(error) {
 const DEFAULT_TIMERS = {
   // Wrapped so they are never called with a foreign `this` ("Illegal invocation" in browsers).
   setTimeout: (fn, ms) => globalThis.setTimeout(fn, ms),
-  clearTimeout: (handle) => globalThis.clearTimeout(handle),
+  clearTimeout: (handle) => globalThis.clearTimeout(/** @type {any} */ (handle)),
   now: () => Date.now(),
 };
 
@@ -150,7 +150,7 @@ export class SSEHubClient {
   /** @type {number} */ #probeTimeout;
   /** @type {{getItem(key: string): string | null, setItem(key: string, value: string): void} | undefined} */ #storage;
   /** @type {string} */ #storageKey;
-  /** @type {((info: unknown) => void) | undefined} */ #onReset;
+  /** @type {((info: any) => void) | undefined} */ #onReset;
   /** @type {any} */ #EventSource;
   /** @type {typeof fetch | undefined} */ #fetch;
   /** @type {Timers} */ #timers;
@@ -177,10 +177,11 @@ export class SSEHubClient {
   #heartbeatMs;
   /** When the live source last showed life (creation, open, any event), per the client's clock. */ #lastActivity = 0;
   /** `autoConnect` will open the first connection after the constructor's task. */ #autoConnectPending = false;
+  /** The `online` listener is installed (only while a reconnect waits). */ #watchingOnline = false;
 
   /**
-   * @param {string} url the stream URL, e.g. "/api/v1/events/stream?channels=a,b".
-   * @param {object} [options] `SSEHubClientOptions` in ssehub.d.ts and docs/client.md.
+   * @param {string | URL} url the stream URL, e.g. "/api/v1/events/stream?channels=a,b".
+   * @param {import("./ssehub.js").SSEHubClientOptions} [options] see ssehub.d.ts and docs/client.md.
    */
   constructor(url, options = {}) {
     if (typeof url !== "string" && !(url instanceof URL)) throw new TypeError("SSEHubClient: url must be a string");
@@ -210,7 +211,9 @@ export class SSEHubClient {
       throw new RangeError("SSEHubClient: maxRetryDelay must not be smaller than initialRetryDelay");
     }
     if (typeof EventSource !== "function") {
-      throw new TypeError("SSEHubClient: no EventSource here: pass options.EventSource (an EventSource implementation)");
+      throw new TypeError(
+        "SSEHubClient: no EventSource here: pass options.EventSource (an EventSource implementation)",
+      );
     }
     if (token !== undefined && typeof token !== "string" && typeof token !== "function") {
       throw new TypeError("SSEHubClient: token must be a string or a function returning one");
@@ -219,6 +222,11 @@ export class SSEHubClient {
       throw new TypeError("SSEHubClient: onReset must be a function");
     }
     this.#url = String(url);
+    try {
+      new URL(this.#url, globalThis.location?.href ?? "http://ssehub.invalid/");
+    } catch (cause) {
+      throw new TypeError(`SSEHubClient: invalid url ${JSON.stringify(this.#url)}`, { cause });
+    }
     this.#token = token;
     this.#withCredentials = Boolean(withCredentials);
     this.#initialRetryDelay = initialRetryDelay;
@@ -285,7 +293,9 @@ export class SSEHubClient {
    * @returns {() => void} a function that removes the listener.
    */
   on(type, fn) {
-    if (typeof type !== "string" || type === "") throw new TypeError("SSEHubClient.on: type must be a non-empty string");
+    if (typeof type !== "string" || type === "") {
+      throw new TypeError("SSEHubClient.on: type must be a non-empty string");
+    }
     if (typeof fn !== "function") throw new TypeError("SSEHubClient.on: the listener must be a function");
     let set = this.#listeners.get(type);
     if (set === undefined) {
@@ -391,7 +401,14 @@ export class SSEHubClient {
    */
   #start(token) {
     const url = this.#streamUrl(token);
-    const source = new this.#EventSource(url, { withCredentials: this.#withCredentials });
+    let source;
+    try {
+      source = new this.#EventSource(url, { withCredentials: this.#withCredentials });
+    } catch (cause) {
+      // A URL the page may not open (a SecurityError under a Content-Security-Policy): retrying cannot help.
+      this.#giveUp(new SSEHubError(`cannot open an EventSource on ${url}`, { code: "EVENTSOURCE_ERROR", cause }));
+      return;
+    }
     this.#source = source;
     this.#sourceTypes = new Set();
     this.#heartbeatMs = undefined;
@@ -563,9 +580,28 @@ export class SSEHubClient {
     this.#setState("reconnecting", delay);
     this.#retryTimer = this.#timers.setTimeout(() => {
       this.#retryTimer = null;
+      this.#stopWatchingOnline();
       this.#open();
     }, delay);
+    this.#watchOnline();
   }
+
+  /** While a reconnect waits, the browser's `online` event (the network is back) cuts the wait short. */
+  #watchOnline() {
+    if (this.#watchingOnline || typeof globalThis.addEventListener !== "function") return;
+    globalThis.addEventListener("online", this.#handleOnline);
+    this.#watchingOnline = true;
+  }
+
+  #stopWatchingOnline() {
+    if (!this.#watchingOnline) return;
+    globalThis.removeEventListener("online", this.#handleOnline);
+    this.#watchingOnline = false;
+  }
+
+  #handleOnline = () => {
+    if (this.#retryTimer !== null) this.connect();
+  };
 
   /**
    * Learn why the browser refused the stream: `fetch` the same URL, read the status and headers, abort.
@@ -677,6 +713,7 @@ export class SSEHubClient {
 
   /** Cancel a pending reconnect timer and a running probe. */
   #cancelRetry() {
+    this.#stopWatchingOnline();
     if (this.#retryTimer !== null) {
       this.#timers.clearTimeout(this.#retryTimer);
       this.#retryTimer = null;

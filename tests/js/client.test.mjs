@@ -199,7 +199,10 @@ describe("state", () => {
 
 describe("backoff", () => {
   test("backoffDelay is full jitter below a ceiling that doubles per attempt up to the cap", () => {
-    assert.equal(backoffDelay(1, 1000, 30000, () => 0), 0);
+    assert.equal(
+      backoffDelay(1, 1000, 30000, () => 0),
+      0,
+    );
     const ceilings = [1, 2, 3, 4, 5, 6, 7, 10].map((attempt) => backoffDelay(attempt, 1000, 30000, () => 1));
     assert.deepEqual(ceilings, [1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
     for (let attempt = 1; attempt < 40; attempt += 1) {
@@ -323,6 +326,30 @@ describe("refused connects (the status is probed with fetch)", () => {
     assert.equal(fetch.calls[0].url, ES.instances[0].url); // the refused URL itself
     clock.advance(0);
     assert.equal(ES.instances.length, 2);
+  });
+
+  test("a second refusal in a row that the probe answers 200 waits its backoff (no spinning)", async () => {
+    const fetch = scriptedFetch(() => streamResponse());
+    const { clock, ES, states } = await setup({ fetch });
+    ES.instances[0].refuse();
+    await flush();
+    assert.equal(states.at(-1).delay, 0);
+    clock.advance(0);
+    ES.instances[1].refuse();
+    await flush();
+    assert.equal(states.at(-1).attempt, 2);
+    assert.equal(states.at(-1).delay, 1000);
+  });
+
+  test("a 204 means stop: state closed, no retry", async () => {
+    const fetch = scriptedFetch(new Response(null, { status: 204 }));
+    const { client, clock, ES } = await setup({ fetch });
+    ES.instances[0].refuse();
+    await flush();
+    assert.equal(client.state, "closed");
+    assert.equal(client.error.code, "NO_CONTENT");
+    clock.advance(60 * 60 * 1000);
+    assert.equal(ES.instances.length, 1);
   });
 
   test("a probe that cannot reach the hub waits the backoff", async () => {
@@ -600,6 +627,40 @@ describe("close and connect", () => {
     assert.equal(ES.instances.length, 2);
   });
 
+  test("the browser's online event cuts a reconnect wait short, and is listened to only while waiting", async () => {
+    const window = new EventTarget();
+    const installed = new Set();
+    globalThis.addEventListener = (type, fn) => {
+      installed.add(fn);
+      window.addEventListener(type, fn);
+    };
+    globalThis.removeEventListener = (type, fn) => {
+      installed.delete(fn);
+      window.removeEventListener(type, fn);
+    };
+    try {
+      const { client, ES } = await setup({ random: () => 0.9 });
+      ES.instances[0].connected("1-0");
+      ES.instances[0].drop();
+      assert.equal(ES.instances.length, 1);
+      assert.equal(installed.size, 1);
+      window.dispatchEvent(new Event("online"));
+      assert.equal(ES.instances.length, 2);
+      assert.equal(ES.instances[1].resumeId, "1-0");
+      assert.equal(installed.size, 0);
+      window.dispatchEvent(new Event("online")); // no longer waiting: nothing happens
+      assert.equal(ES.instances.length, 2);
+      ES.instances[1].drop();
+      client.close();
+      window.dispatchEvent(new Event("online"));
+      assert.equal(ES.instances.length, 2);
+      assert.equal(installed.size, 0); // close() left no listener behind
+    } finally {
+      delete globalThis.addEventListener;
+      delete globalThis.removeEventListener;
+    }
+  });
+
   test("connect() after close() resumes from the last id", async () => {
     const { client, ES } = await setup();
     ES.instances[0].connected("4-0");
@@ -620,9 +681,28 @@ describe("close and connect", () => {
     assert.throws(() => new SSEHubClient(URL_A, { EventSource: ES, token: 42 }), /token/);
   });
 
+  test("an invalid URL is refused at construction", () => {
+    assert.throws(() => new SSEHubClient("http://[bad", { EventSource: fakeEventSourceClass() }), /invalid url/);
+  });
+
+  test("an EventSource the browser will not create ends the client instead of throwing into the app", async () => {
+    class Forbidden {
+      constructor() {
+        throw new Error("SecurityError: refused by Content-Security-Policy");
+      }
+    }
+    const { client, clock, states } = await setup({ EventSource: Forbidden });
+    assert.equal(client.state, "closed");
+    assert.equal(states.at(-1).error.code, "EVENTSOURCE_ERROR");
+    assert.equal(clock.timers.size, 0);
+  });
+
   test("SSEHubError carries status, code and retryAfter", () => {
     const error = new SSEHubError("m", { status: 503, code: "MAX_CONNECTIONS", retryAfter: 5000 });
     assert.ok(error instanceof Error);
-    assert.deepEqual([error.name, error.status, error.code, error.retryAfter], ["SSEHubError", 503, "MAX_CONNECTIONS", 5000]);
+    assert.deepEqual(
+      [error.name, error.status, error.code, error.retryAfter],
+      ["SSEHubError", 503, "MAX_CONNECTIONS", 5000],
+    );
   });
 });

@@ -66,7 +66,11 @@ export function fakeEventSourceClass() {
     /** The `connected` event the hub sends first. */
     connected(id, heartbeatInterval = 30) {
       this.open();
-      this.emit("connected", { connection_id: "c1", channels: ["a"], heartbeat_interval: heartbeatInterval, resumed: false }, id);
+      this.emit(
+        "connected",
+        { connection_id: "c1", channels: ["a"], heartbeat_interval: heartbeatInterval, resumed: false },
+        id,
+      );
     }
 
     /** A network drop or a cleanly ended stream: the browser would reconnect by itself. */

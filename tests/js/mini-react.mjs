@@ -25,7 +25,8 @@ export function mount(component, props) {
   let pending = [];
   let currentProps = props;
 
-  const changed = (a, b) => a === undefined || b === undefined || a.length !== b.length || a.some((v, i) => !Object.is(v, b[i]));
+  const changed = (a, b) =>
+    a === undefined || b === undefined || a.length !== b.length || a.some((v, i) => !Object.is(v, b[i]));
 
   const hooks = {
     useState(initial) {

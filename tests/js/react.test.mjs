@@ -18,11 +18,14 @@ describe("react hooks", () => {
     const opts = options();
     const ES = opts.EventSource;
     const seen = [];
-    const view = mount((props) => {
-      const client = useSSEClient(props.url, opts);
-      seen.push(client);
-      return client.state;
-    }, { url: "http://hub.test/s?channels=a" });
+    const view = mount(
+      (props) => {
+        const client = useSSEClient(props.url, opts);
+        seen.push(client);
+        return client.state;
+      },
+      { url: "http://hub.test/s?channels=a" },
+    );
     await flush();
     assert.equal(ES.instances.length, 1);
     view.render({ url: "http://hub.test/s?channels=a" });
@@ -81,11 +84,14 @@ describe("react hooks", () => {
   test("useSSEEvent calls the handler of the latest render, subscribed once", async () => {
     const opts = options();
     const calls = [];
-    const view = mount((props) => {
-      const client = useSSEClient("http://hub.test/s", opts);
-      useSSEEvent(client, "queue_update", (data) => calls.push([props.label, data.size]));
-      return null;
-    }, { label: "first" });
+    const view = mount(
+      (props) => {
+        const client = useSSEClient("http://hub.test/s", opts);
+        useSSEEvent(client, "queue_update", (data) => calls.push([props.label, data.size]));
+        return null;
+      },
+      { label: "first" },
+    );
     view.render({ label: "second" });
     const source = opts.EventSource.instances[0];
     source.connected("1-0");
@@ -99,12 +105,13 @@ describe("react hooks", () => {
   test("the onReset and token options of useSSEClient call the latest render's functions", async () => {
     const opts = options();
     const resets = [];
-    const view = mount((props) =>
-      useSSEClient("http://hub.test/s", {
-        ...opts,
-        token: () => `token-${props.user}`,
-        onReset: (info) => resets.push([props.user, info.reason]),
-      }),
+    const view = mount(
+      (props) =>
+        useSSEClient("http://hub.test/s", {
+          ...opts,
+          token: () => `token-${props.user}`,
+          onReset: (info) => resets.push([props.user, info.reason]),
+        }),
       { user: "alice" },
     );
     view.render({ user: "bob" });
@@ -116,6 +123,16 @@ describe("react hooks", () => {
     opts.timers.advance(500);
     assert.equal(ES.instances[1].token, "token-bob");
     assert.deepEqual(resets, [["bob", "history_expired"]]);
+    view.unmount();
+  });
+
+  test("the hooks accept no client: the value stays initial and the state is closed", () => {
+    const view = mount(() => {
+      const value = useSSEValue(null, "x", "initial");
+      useSSEEvent(undefined, "x", () => {});
+      return [value, useSSEState(null).state];
+    });
+    assert.deepEqual(view.output, ["initial", "closed"]);
     view.unmount();
   });
 
