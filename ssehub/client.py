@@ -19,10 +19,11 @@ See ``docs/python-client.md``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -70,7 +71,7 @@ class SubscribeError(SSEHubError):
 
 
 class ReconnectLimitError(SSEHubError):
-    """``max_attempts`` consecutive attempts failed; ``__cause__`` is the last failure."""
+    """``max_attempts`` consecutive attempts failed; the message names the last failure."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +194,7 @@ class Subscriber:
         self._client = client
         self._owned_client: httpx.AsyncClient | None = None
         self._server_retry: float | None = None  # seconds, from the last `retry:` the hub sent
-        self._iterator: AsyncIterator[ClientEvent] | None = None
+        self._iterator: AsyncGenerator[ClientEvent, None] | None = None
         self._channel = self.channels[0] if len(self.channels) == 1 else None
 
     # -- iteration ------------------------------------------------------------------------------------------
@@ -214,7 +215,7 @@ class Subscriber:
         """Stop iterating and close the connection (and the HTTP client, if this object made it)."""
         iterator = self._iterator
         if iterator is not None:
-            await iterator.aclose()  # type: ignore[attr-defined]
+            await iterator.aclose()
         await self._close_client()
         self._set_state("closed", None, None)
 
@@ -252,7 +253,7 @@ class Subscriber:
             delay = max(delay, min(retry_after, self._max_delay))
         return delay
 
-    async def _events(self) -> AsyncIterator[ClientEvent]:
+    async def _events(self) -> AsyncGenerator[ClientEvent, None]:
         import httpx
 
         try:
@@ -260,8 +261,11 @@ class Subscriber:
                 error: str | None = None
                 retry_after: float | None = None
                 try:
-                    async for event in self._connect_once():
-                        yield event
+                    # aclosing: when the caller stops at a `yield`, the connection's `async with` exits now,
+                    # not whenever the inner generator is collected.
+                    async with contextlib.aclosing(self._connect_once()) as events:
+                        async for event in events:
+                            yield event
                     if self.state == "closed":  # 204: the hub says stop
                         return
                     error = "the server ended the stream"
@@ -283,7 +287,7 @@ class Subscriber:
             await self._close_client()
             self._set_state("closed", None, None)
 
-    async def _connect_once(self) -> AsyncIterator[ClientEvent]:
+    async def _connect_once(self) -> AsyncGenerator[ClientEvent, None]:
         """One connection: yield its events until it ends. Raises _Retry, TimeoutError or httpx errors."""
         headers = dict(self._headers)
         if self.last_event_id:
