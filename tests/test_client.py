@@ -354,3 +354,18 @@ async def test_resume_across_a_hub_restart_on_redis() -> None:
     assert [e.id for e in events] == published
     assert [e.data["n"] for e in events] == list(range(30))
     assert any(s.error and "ConnectError" in s.error for s in states)
+
+
+async def test_leaving_releases_the_stream_at_once(start_hub: StartHub, client: httpx.AsyncClient) -> None:
+    """Leaving the `async with` after a break closes the stream even on a caller's own httpx client: the hub's
+    active_connections drops to zero."""
+    api, _hub = start_hub()
+    subscriber = subscribe(f"{api}/stream", channels=["a"], client=client, include_control=True)
+    async with subscriber:
+        first = await _take(subscriber, 1)
+        assert (await client.get(f"{api}/health")).json()["active_connections"] == 1
+    assert first[0].event == "connected"
+    async with asyncio.timeout(5):
+        while (await client.get(f"{api}/health")).json()["active_connections"] != 0:
+            await asyncio.sleep(0.02)
+    assert subscriber.state == "closed"
