@@ -267,8 +267,11 @@ class Flaky:
         self.status = status
         self.failures = failures
         self.refused = 0
+        self.stream_headers: list[dict[str, str]] = []
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/stream"):
+            self.stream_headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
         if scope["type"] == "http" and scope["path"].endswith("/stream") and self.refused < self.failures:
             self.refused += 1
             body = b'{"error": "refused by the test front", "code": "TEST"}'
@@ -369,3 +372,25 @@ async def test_leaving_releases_the_stream_at_once(start_hub: StartHub, client: 
         while (await client.get(f"{api}/health")).json()["active_connections"] != 0:
             await asyncio.sleep(0.02)
     assert subscriber.state == "closed"
+
+
+async def test_token_and_last_event_id_are_sent_as_headers(client: httpx.AsyncClient) -> None:
+    """The token goes out as `Authorization: Bearer`, and every reconnect carries the last id as Last-Event-ID."""
+    hub = Hub(make_settings())
+    front = Flaky(create_app(hub=hub), 503, failures=1)
+    with running_server(front) as base:
+        api = base + hub.settings.prefix
+        first = await _publish(client, api, "a", {"n": 0})
+        subscriber = subscribe(
+            f"{api}/stream", channels=["a"], token="s3cret", last_event_id=first, max_retry_delay=0.1
+        )
+        async with subscriber:
+            reader = asyncio.ensure_future(_take(subscriber, 1))
+            async with asyncio.timeout(10):
+                while subscriber.state != "open":
+                    await asyncio.sleep(0.02)
+            await _publish(client, api, "a", {"n": 1})
+            await reader
+    assert [h["authorization"] for h in front.stream_headers] == ["Bearer s3cret", "Bearer s3cret"]
+    assert [h["last-event-id"] for h in front.stream_headers] == [first, first]
+    assert all(h["accept"] == "text/event-stream" for h in front.stream_headers)
