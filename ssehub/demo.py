@@ -23,6 +23,7 @@ Run one process: every worker of ``--workers N`` would run its own simulator.
 from __future__ import annotations
 
 import asyncio
+import collections
 import html
 import importlib.resources
 import json
@@ -137,6 +138,8 @@ class Demo:
         self.queue_interval = 5.0
         self.seq = 0
         self.downloads: dict[str, Download] = {}
+        #: The latest notifications, so that a page opened now does not start with an empty list.
+        self.notifications: collections.deque[dict[str, Any]] = collections.deque(maxlen=8)
         self._next_number = 1
         self._random = random.Random(seed)
         self._lock = asyncio.Lock()
@@ -211,9 +214,9 @@ class Demo:
         await self._emit(QUEUE, "queue_update", self.snapshot)
 
     async def _notify(self, message: str, level: str = "info") -> None:
-        await self._emit(
-            SYSTEM, "system_notification", lambda: {"message": message, "level": level, "time": round(time.time(), 3)}
-        )
+        data = {"message": message, "level": level, "time": round(time.time(), 3)}
+        seq = await self._emit(SYSTEM, "system_notification", lambda: data)
+        self.notifications.append({"seq": seq, **data})
 
     def snapshot(self) -> dict[str, Any]:
         """The whole queue: every download's state and the counts the dashboard shows."""
@@ -444,7 +447,7 @@ class Demo:
 
     async def _state(self, request: Request) -> Response:
         # Read without awaiting: the snapshot and seq belong together. Events after it have a greater seq.
-        return JSONResponse({"seq": self.seq, **self.snapshot()})
+        return JSONResponse({"seq": self.seq, **self.snapshot(), "notifications": list(self.notifications)})
 
     async def _add(self, request: Request) -> Response:
         try:

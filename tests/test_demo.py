@@ -91,7 +91,8 @@ async def test_page_and_assets_are_served(client: httpx.AsyncClient) -> None:
     assert missing.json()["code"] == "NOT_FOUND"
     assert isinstance(state["seq"], int)
     assert state["downloads"]
-    assert {"active", "queued", "paused", "completed", "total_speed"} <= state.keys()
+    assert {"active", "queued", "paused", "completed", "total_speed", "notifications"} <= state.keys()
+    assert all(n["seq"] <= state["seq"] for n in state["notifications"])
 
 
 async def test_simulator_runs_only_within_the_lifespan(client: httpx.AsyncClient) -> None:

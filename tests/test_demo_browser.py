@@ -172,3 +172,30 @@ async def test_two_tabs_receive_the_same_events_and_closing_one_releases_it(
     while await active_connections(memory_server) != 1:
         assert time.monotonic() < deadline, "closing the tab did not release its stream"
         await asyncio.sleep(0.1)
+
+
+async def test_memory_broker_restart_resets_and_reloads_the_queue(browser: Any, memory_server: ServeProcess) -> None:
+    """On the memory broker a restart loses history: the page gets a reset, reloads the queue from the new
+    server and checks the new sequence from its start, without counting the old one as gaps."""
+    page = await open_dashboard(await browser.new_context(), memory_server)
+    await wait_for(page, "demo.events >= 5")
+    memory_server.stop()
+    await wait_for(page, "demoClient.attempt >= 1")
+    memory_server.start()
+    await wait_for(page, f"demo.resets === 1 && {CONNECTED}", timeout=30)
+    await wait_for(page, "demo.lastSeq !== null && demo.lastSeq >= 10")
+    # The rows on the page are the new server's queue (compared until they agree: an event may be in flight).
+    async with httpx.AsyncClient(timeout=5) as http:
+        deadline = time.monotonic() + 10
+        while True:
+            state = (await http.get(memory_server.base + "/demo/state")).json()
+            shown = await page.evaluate("[...document.querySelectorAll('.download')].map(li => li.dataset.id)")
+            expected = sorted(d["download_id"] for d in state["downloads"])
+            if sorted(shown) == expected or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+    assert sorted(shown) == expected
+    demo = await page.evaluate("window.demo")
+    assert (demo["gaps"], demo["duplicates"]) == (0, 0)
+    notes = await page.inner_text("#notifications")
+    assert "history no longer covers this page" in notes

@@ -158,8 +158,9 @@ function receive(type, data) {
   track(data.seq);
   recent.push({ type, data });
   if (recent.length > 300) recent.splice(0, 100);
-  // An event older than the snapshot on screen is already in it (notifications are always shown).
-  if (data.seq > snapshotSeq || type === "system_notification") handlers[type](data);
+  // An event older than the snapshot on screen is already in it. Before the first snapshot everything is
+  // shown; the snapshot then replaces it.
+  if (data.seq > snapshotSeq) handlers[type](data);
 }
 
 async function loadSnapshot() {
@@ -168,9 +169,11 @@ async function loadSnapshot() {
   const snapshot = await response.json();
   snapshotSeq = snapshot.seq;
   queue(snapshot);
+  $("notifications").replaceChildren();
+  for (const n of snapshot.notifications) notify(n.message, n.level, n.time);
   // Events that arrived while the snapshot was on its way and are newer than it.
   for (const { type, data } of recent) {
-    if (data.seq > snapshot.seq && type !== "system_notification") handlers[type](data);
+    if (data.seq > snapshot.seq) handlers[type](data);
   }
 }
 
@@ -184,9 +187,12 @@ const client = new SSEHubClient(`${prefix}/stream?channels=${CHANNELS.join(",")}
     // sequence starts over, and the state on screen may be stale.
     demo.resets += 1;
     demo.lastSeq = null;
+    recent.length = 0; // events of the previous history: the snapshot replaces them all
+    snapshotSeq = -1;
     sessionStorage.removeItem(SEQ_KEY);
-    notify("The hub's history no longer covers this page: reloaded the queue", "warning");
-    loadSnapshot().catch((error) => notify(String(error), "error"));
+    loadSnapshot()
+      .then(() => notify("The hub's history no longer covers this page: reloaded the queue", "warning"))
+      .catch((error) => notify(String(error), "error"));
   },
 });
 window.demoClient = client;
