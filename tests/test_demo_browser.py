@@ -199,3 +199,38 @@ async def test_memory_broker_restart_resets_and_reloads_the_queue(browser: Any, 
     assert (demo["gaps"], demo["duplicates"]) == (0, 0)
     notes = await page.inner_text("#notifications")
     assert "history no longer covers this page" in notes
+
+
+async def test_buttons_add_pause_resume_and_cancel(browser: Any, memory_server: ServeProcess) -> None:
+    """The form adds a download and its buttons pause, resume and cancel it; every change shows up through the
+    event stream (the page renders events, not the buttons' answers)."""
+    page = await open_dashboard(await browser.new_context(), memory_server)
+    await page.fill("#add-name", "browser-test.iso")
+    await page.select_option("#add-size", "4096")
+    await page.click("#add-form button[type=submit]")
+    row = await wait_for(
+        page,
+        "[...document.querySelectorAll('.download')]"
+        ".find(li => li.textContent.includes('browser-test.iso'))?.dataset.id",
+    )
+    selector = f'.download[data-id="{row}"]'
+    status = f"document.querySelector('{selector}').dataset.status"
+    await wait_for(page, f"['queued', 'downloading'].includes({status})")
+    await page.click(f'{selector} button[data-action="pause"]')
+    await wait_for(page, f"{status} === 'paused'")
+    assert await page.inner_text(f"{selector} .badge") == "Paused"  # shown capitalized
+    await page.click(f'{selector} button[data-action="resume"]')
+    await wait_for(page, f"{status} !== 'paused'")
+    await page.click(f'{selector} button[data-action="cancel"]')
+    await wait_for(page, f"{status} === 'cancelled'")
+    assert not await page.is_visible(f'{selector} button[data-action="pause"]')
+    notes = await page.inner_text("#notifications")
+    for text in (
+        "Added browser-test.iso",
+        "Paused browser-test.iso",
+        "Resumed browser-test.iso",
+        "Cancelled browser-test.iso",
+    ):
+        assert text in notes
+    demo = await page.evaluate("window.demo")
+    assert (demo["gaps"], demo["duplicates"]) == (0, 0)
