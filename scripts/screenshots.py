@@ -18,14 +18,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from ssehub.testing import free_port
 
+if TYPE_CHECKING:
+    from playwright.async_api import ViewportSize
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
-VIEWPORT = {"width": 1360, "height": 900}
+VIEWPORT: ViewportSize = {"width": 1360, "height": 900}
 
 
 def start_server(port: int) -> subprocess.Popen[bytes]:
