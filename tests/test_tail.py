@@ -150,3 +150,14 @@ def test_format_event_plain_and_json() -> None:
         "event": "e",
         "data": [1],
     }
+
+
+def test_tail_without_httpx_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without httpx, `ssehub tail` exits with status 2 and the install command on stderr."""
+    from ssehub.cli import main
+
+    monkeypatch.setitem(sys.modules, "httpx", None)
+    assert main(["tail", "jobs"]) == 2
+    assert "pip install 'ssehub[client]'" in capsys.readouterr().err
