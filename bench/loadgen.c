@@ -68,6 +68,7 @@ static int o_port = 0, o_src_addrs = 1, o_subs = 0, o_channels = 1, o_pub_conns 
 static const char *o_sub_path = "/api/v1/events/stream?channels=bench%d";
 static const char *o_pub_path = "/api/v1/events/publish";
 static const char *o_chan_fmt = "bench%d";
+static const char *o_header = NULL; /* --header "Name: value": sent with every request (e.g. credentials) */
 static int o_pub_raw = 0, o_payload = 100, o_no_stop = 0, o_warm = 5, o_behind = 100, o_refine = 0, o_loss_only = 0;
 static const char *o_mode = "ladder";
 static double o_recover = 2, o_step = 5, o_warmup = 1, o_drain = 3, o_p99_max_ms = 100, o_hold = 2, o_connect_timeout = 30;
@@ -236,6 +237,7 @@ static int sub_send_request(conn *c) {
                      path, o_host, o_port);
     if (c->last_id_len)
         n += snprintf(req + n, sizeof req - n, "Last-Event-ID: %.*s\r\n", (int)c->last_id_len, c->last_id);
+    if (o_header) n += snprintf(req + n, sizeof req - n, "%s\r\n", o_header);
     n += snprintf(req + n, sizeof req - n, "\r\n");
     return write_all(c->fd, req, (size_t)n);
 }
@@ -252,7 +254,7 @@ static int sub_start(conn *c) {
 
 /* ---- publisher ---- */
 static int pub_send(conn *p, int64_t g) {
-    char data[512], body[1024], req[1600], path[256], chan[128];
+    char data[512], body[1024], req[2048], path[256], chan[128];
     int64_t t = now_ns();
     int dn = snprintf(data, sizeof data, "{\"t\":%lld,\"s\":%lld,\"p\":\"", (long long)t, (long long)g);
     int pad = o_payload - dn - 2;
@@ -269,8 +271,9 @@ static int pub_send(conn *p, int64_t g) {
     else
         bn = snprintf(body, sizeof body, "{\"channel\":\"%s\",\"event\":\"bench\",\"data\":%s}", chan, data);
     int n = snprintf(req, sizeof req,
-                     "POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
-                     path, o_host, o_port, bn, body);
+                     "POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                     "%s%s\r\n%s",
+                     path, o_host, o_port, bn, o_header ? o_header : "", o_header ? "\r\n" : "", body);
     ev_send[g] = t;
     if (write_all(p->fd, req, (size_t)n) < 0) return -1;
     p->last_g = g;
@@ -895,6 +898,7 @@ int main(int argc, char **argv) {
         else if (OPT("--sub-path")) o_sub_path = v;
         else if (OPT("--pub-path")) o_pub_path = v;
         else if (OPT("--chan-fmt")) o_chan_fmt = v;
+        else if (OPT("--header")) o_header = v;
         else if (OPT("--payload")) o_payload = atoi(v);
         else if (OPT("--mode")) o_mode = v;
         else if (OPT("--step")) o_step = atof(v);
@@ -923,6 +927,7 @@ int main(int argc, char **argv) {
 #undef OPT
     }
     if (!o_port || o_subs < 0 || o_channels < 1 || o_pub_conns < 1 || o_inflight < 1) usage();
+    if (o_header && (strlen(o_header) > 256 || strpbrk(o_header, "\r\n") || !strchr(o_header, ':'))) usage();
     if (o_channels > o_subs && o_subs > 0) o_channels = o_subs;
     signal(SIGPIPE, SIG_IGN);
     signal(SIGINT, on_signal);

@@ -45,6 +45,8 @@ def run(
     ]  # fmt: skip
     if server.pub_raw:
         cmd.append("--pub-raw")
+    if server.header:
+        cmd += ["--header", server.header]
     lines: list[dict[str, Any]] = []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     assert proc.stdout is not None

@@ -7,6 +7,7 @@ service: Redis is always our own ``redis-server`` on a free port, nginx runs fro
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 NAIVE_PY = BENCH / ".venv-naive" / "bin" / "python"
 NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
+#: The API key of the "ssehub-auth" variant: subscribe and publish on the bench channels (docs/security.md).
+BENCH_API_KEY = "bench-key-0123456789abcdef"
 
 
 def free_port() -> int:
@@ -93,6 +96,7 @@ class Server:
     sub_path = ""  # printf format for the load generator, %d = channel number
     pub_path = ""
     pub_raw = False  # publish the event data as the raw body (nchan) instead of ssehub's JSON envelope
+    header: str | None = None  # sent by the load generator with every request (credentials)
     resumes = False  # keeps history and resumes from Last-Event-ID
 
     def __init__(self) -> None:
@@ -192,9 +196,13 @@ class Ssehub(Server):
     pub_raw = False
     resumes = True
 
-    def __init__(self, redis: Redis | None = None) -> None:
+    def __init__(self, redis: Redis | None = None, *, auth: bool = False) -> None:
         super().__init__()
         self.redis = redis
+        self.auth = auth
+        if auth:
+            # Every stream and publish authenticates with an API key: the check runs once per request.
+            self.header = f"Authorization: Bearer {BENCH_API_KEY}"
 
     def command(self) -> list[str]:
         python = str(ROOT / ".venv/bin/python")
@@ -209,6 +217,9 @@ class Ssehub(Server):
             SSEHUB_BROKER_URL=self.redis.url if self.redis else "memory://",
             SSEHUB_LOG_LEVEL="warning",  # no access log line per request, as for the peers
         )
+        if self.auth:
+            key = {"key": BENCH_API_KEY, "scopes": ["subscribe", "publish"], "channels": ["bench*"], "name": "bench"}
+            env["SSEHUB_API_KEYS"] = json.dumps([key])
         return env
 
     def pids(self) -> list[int]:

@@ -5,11 +5,14 @@ within milliseconds; a subscriber that reconnects gets exactly what it missed.
 """
 
 from ssehub.app import create_api, create_app
+from ssehub.auth import Authenticator
 from ssehub.brokers import Broker, BrokerStatus, History, MemoryBroker, create_broker
 from ssehub.brokers.redis import RedisBroker
 from ssehub.encoder import encode
 from ssehub.events import Event, EventId
 from ssehub.exceptions import (
+    AuthenticationError,
+    AuthUnavailableError,
     BrokerUnavailableError,
     ChannelLimitError,
     ConnectionLimitError,
@@ -17,9 +20,11 @@ from ssehub.exceptions import (
     InvalidEventIdError,
     InvalidValueError,
     MissingDependencyError,
+    PermissionDeniedError,
     SSEHubError,
     UnknownChannelError,
 )
+from ssehub.grants import Grant
 from ssehub.hub import Hub
 from ssehub.publisher import AsyncPublisher, Publisher
 from ssehub.settings import Settings
@@ -29,6 +34,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncPublisher",
+    "AuthUnavailableError",
+    "AuthenticationError",
+    "Authenticator",
     "Broker",
     "BrokerStatus",
     "BrokerUnavailableError",
@@ -36,6 +44,7 @@ __all__ = [
     "ConnectionLimitError",
     "Event",
     "EventId",
+    "Grant",
     "History",
     "Hub",
     "HubNotRunningError",
@@ -43,6 +52,7 @@ __all__ = [
     "InvalidValueError",
     "MemoryBroker",
     "MissingDependencyError",
+    "PermissionDeniedError",
     "Publisher",
     "RedisBroker",
     "SSEHubError",

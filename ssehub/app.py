@@ -27,15 +27,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Mount, Route
 
 from ssehub._types import Receive, Scope, Send
+from ssehub.auth import TOKEN_PARAM
 from ssehub.client_assets import client_routes
 from ssehub.demo import Demo
 from ssehub.echo import echo
 from ssehub.exceptions import (
+    AuthenticationError,
+    AuthUnavailableError,
     BrokerUnavailableError,
     ChannelLimitError,
     ConnectionLimitError,
     HubNotRunningError,
     InvalidValueError,
+    PermissionDeniedError,
     UnknownChannelError,
 )
 from ssehub.hub import Hub
@@ -44,7 +48,7 @@ from ssehub.settings import Settings
 logger = logging.getLogger("ssehub.app")
 
 #: Query parameters of the stream endpoints that are not filters.
-RESERVED_PARAMS = frozenset({"channels", "lastEventId"})
+RESERVED_PARAMS = frozenset({"channels", "lastEventId", TOKEN_PARAM})
 _PATH_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 _PUBLISH_FIELDS = frozenset({"channel", "event", "data"})
 _STREAM_HEADERS = [
@@ -73,10 +77,34 @@ def _error_for(exc: Exception) -> JSONResponse:
         return error_response(503, "HUB_NOT_RUNNING", str(exc), {"Retry-After": "2"})
     if isinstance(exc, ChannelLimitError):
         return error_response(429, "CHANNEL_LIMIT", str(exc), {"Retry-After": "60"})
+    if isinstance(exc, AuthenticationError):
+        return error_response(401, exc.code, str(exc), {"WWW-Authenticate": _www_authenticate(exc)})
+    if isinstance(exc, PermissionDeniedError):
+        return error_response(403, "FORBIDDEN", str(exc))
+    if isinstance(exc, AuthUnavailableError):
+        return error_response(503, "AUTH_UNAVAILABLE", str(exc), {"Retry-After": "5"})
     raise exc
 
 
-_HUB_ERRORS = (InvalidValueError, ConnectionLimitError, BrokerUnavailableError, HubNotRunningError, ChannelLimitError)
+def _www_authenticate(exc: AuthenticationError) -> str:
+    """RFC 6750: a bare challenge when credentials are missing, ``invalid_token`` when they were refused."""
+    if exc.code == "UNAUTHORIZED":
+        return 'Bearer realm="ssehub"'
+    text = str(exc).encode("ascii", "replace").decode("ascii")
+    description = "".join(ch for ch in text if ch.isprintable() and ch not in '"\\')
+    return f'Bearer realm="ssehub", error="invalid_token", error_description="{description}"'
+
+
+_HUB_ERRORS = (
+    InvalidValueError,
+    ConnectionLimitError,
+    BrokerUnavailableError,
+    HubNotRunningError,
+    ChannelLimitError,
+    AuthenticationError,
+    PermissionDeniedError,
+    AuthUnavailableError,
+)
 
 
 class StreamEndpoint:
@@ -133,7 +161,10 @@ class StreamEndpoint:
             return
         try:
             channels, filters, last_event_id = self._request_args(request)
-            sub = await hub.open(channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope)
+            grant = await hub.auth.stream_grant(request, channels)  # the one auth check of this stream
+            sub = await hub.open(
+                channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope, grant=grant
+            )
         except _HUB_ERRORS as exc:
             await _error_for(exc)(scope, receive, send)
             return
@@ -147,6 +178,11 @@ class StreamEndpoint:
 
 async def _publish(request: Request) -> Response:
     hub: Hub = request.app.state.hub
+    try:
+        # Headers only: a token in the query string leaks into logs, a cookie invites cross-site requests.
+        grant = await hub.auth.authenticate(request, query=False, cookie=False)
+    except _HUB_ERRORS as exc:
+        return _error_for(exc)
     limit = hub.settings.max_payload_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -172,6 +208,7 @@ async def _publish(request: Request) -> Response:
     if not isinstance(channel, str) or not isinstance(event, str):
         return error_response(422, "INVALID_BODY", "channel and event must be strings")
     try:
+        hub.auth.authorize_publish(grant, channel)
         published = await hub.publish(channel, event, payload["data"])
     except _HUB_ERRORS as exc:
         return _error_for(exc)
@@ -194,7 +231,11 @@ _EXCEPTION_HANDLERS = {HTTPException: _http_error}
 
 async def _health(request: Request) -> Response:
     hub: Hub = request.app.state.hub
-    health = hub.health()
+    try:
+        grant = await hub.auth.authenticate(request, query=False)
+    except _HUB_ERRORS as exc:
+        return _error_for(exc)
+    health = hub.auth.health_view(hub.health(), grant)  # per-channel and broker details for admins only
     return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
 

@@ -11,8 +11,11 @@ import urllib.request
 from collections.abc import Sequence
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from ssehub import tail
+from ssehub.auth import startup_problem
+from ssehub.redact import validation_error_text
 from ssehub.settings import Settings
 
 
@@ -24,6 +27,7 @@ class _Server:
         import uvicorn
 
         from ssehub.app import create_app
+        from ssehub.redact import uvicorn_log_config
 
         common = {
             "host": settings.host,
@@ -31,6 +35,7 @@ class _Server:
             "log_level": settings.log_level,
             "timeout_graceful_shutdown": 5,
             "proxy_headers": True,
+            "log_config": uvicorn_log_config(),  # the access log never shows a ?token= value
         }
         if workers > 1:
             # Each worker builds its own app and hub from the environment; the broker connects them.
@@ -54,7 +59,14 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        print(f"ssehub: invalid settings:\n{exc}", file=sys.stderr)
+        print(f"ssehub: invalid settings:\n{validation_error_text(exc)}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:  # e.g. SSEHUB_API_KEYS that is not JSON (the message names the field only)
+        print(f"ssehub: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    refusal = startup_problem(settings)
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
         return 2
     if args.workers < 1:
         print("ssehub: --workers must be at least 1", file=sys.stderr)
@@ -85,7 +97,10 @@ def _publish(args: argparse.Namespace) -> int:
         return 2
     url = args.url.rstrip("/") + "/publish"
     body = json.dumps({"channel": args.channel, "event": args.event, "data": data}).encode()
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if args.token:
+        headers["Authorization"] = f"Bearer {args.token}"
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=args.timeout) as response:
             print(response.read().decode())
@@ -103,9 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssehub", description="Server-Sent Events hub.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve the hub (settings from SSEHUB_* variables and .env)")
-    serve.add_argument("--host", help="address to bind (SSEHUB_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (SSEHUB_PORT, default 8000)")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the hub (settings from SSEHUB_* variables and .env)",
+        description="Serve the hub. Each setting comes from, first wins: a flag, the environment (SSEHUB_*), "
+        "a .env file in the working directory, the default.",
+    )
+    serve.add_argument("--host", help="address to bind (else SSEHUB_HOST from the environment or .env; 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=int, help="port to listen on (else SSEHUB_PORT from the environment or .env; 8000)"
+    )
     serve.add_argument("--workers", type=int, default=1, help="worker processes (needs the Redis broker if > 1)")
     serve.set_defaults(func=_serve)
 
@@ -115,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("data", help='JSON data, e.g. \'{"download_id": 42, "progress": 50}\'')
     publish.add_argument("--url", default="http://127.0.0.1:8000/api/v1/events", help="the hub's API prefix URL")
     publish.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the hub")
+    publish.add_argument("--token", help="API key or JWT with publish rights (sent as Authorization: Bearer)")
     publish.set_defaults(func=_publish)
 
     tail.add_parser(commands)

@@ -29,7 +29,7 @@ from ssehub.writer import PortableWriter, Prelude, Writer
 
 logger = logging.getLogger("ssehub.connection")
 
-CloseReason = Literal["client", "timeout", "overflow", "shutdown", "resync", "error"]
+CloseReason = Literal["client", "timeout", "overflow", "shutdown", "resync", "error", "expired"]
 
 #: How long the final write of a stream may take before the connection is abandoned.
 _FINAL_WRITE_TIMEOUT = 5.0

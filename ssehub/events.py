@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from ssehub._uvicorn import chunk
 from ssehub.encoder import encode
 from ssehub.exceptions import InvalidEventIdError, InvalidValueError
 
 #: A channel name: starts with a letter or digit, then letters, digits and ``_ . : -``; at most 128 characters.
-#: Commas separate channels in query strings and are therefore not allowed.
+#: Commas separate channels in query strings and are therefore not allowed. Per-user and per-session channels
+#: (``user:<sub>``, ``session:<sid>``, see ssehub/grants.py) follow the same rule: a subject or session id that
+#: would not make a valid name gets no such channel.
 CHANNEL_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}"
 #: An event type: the same alphabet as channels, at most 64 characters.
 EVENT_TYPE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}"
@@ -55,6 +57,22 @@ class EventId(NamedTuple):
                 f"invalid event id {text[:40]!r}: expected an id ssehub issued, like '1764040000123-0'"
             )
         return cls(int(match.group(1)), int(match.group(2)))
+
+    def covers(self, event: Event) -> bool:
+        """Whether a client at this position has seen ``event`` already (its id is not greater)."""
+        return event.id <= self
+
+
+class Position(Protocol):
+    """Where a stream stands in its broker's order: what ``Last-Event-ID`` carries and a resume starts from.
+
+    An :class:`EventId` on brokers with one total order; a vector of per-shard ids on Redis Cluster
+    (``ssehub.brokers._shard_ids.ShardVector``). ``str()`` gives the text clients hand back.
+    """
+
+    def covers(self, event: Event) -> bool:
+        """Whether a client at this position has seen ``event`` already."""
+        ...
 
 
 def validate_channel(name: str) -> str:

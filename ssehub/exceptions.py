@@ -10,6 +10,9 @@ Hierarchy (kept shallow on purpose)::
     ├── HubNotRunningError     the hub was not started (or is shutting down)
     ├── BrokerUnavailableError the broker cannot be reached; nothing was accepted
     ├── ChannelLimitError      the broker holds as many channels as it may
+    ├── AuthenticationError    missing, unknown, malformed or expired credentials (401)
+    ├── PermissionDeniedError  valid credentials that do not grant this channel or action (403)
+    ├── AuthUnavailableError   the JWKS endpoint cannot be reached to check a token (503)
     └── MissingDependencyError an optional extra is not installed (also an ImportError)
 
 Foreign exceptions (redis-py, OS errors) are translated at the broker boundary with ``raise ... from exc``.
@@ -58,6 +61,26 @@ class BrokerUnavailableError(SSEHubError):
 
 class ChannelLimitError(SSEHubError):
     """Publishing would create a channel beyond the broker's channel limit."""
+
+
+class AuthenticationError(SSEHubError):
+    """Credentials are missing, unknown, malformed or expired (HTTP 401).
+
+    ``code`` is ``UNAUTHORIZED`` (none given), ``INVALID_TOKEN`` or ``TOKEN_EXPIRED``. The message never
+    contains the credential.
+    """
+
+    def __init__(self, message: str, code: str = "INVALID_TOKEN") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PermissionDeniedError(SSEHubError):
+    """Valid credentials that do not grant this channel or action (HTTP 403, ``FORBIDDEN``)."""
+
+
+class AuthUnavailableError(SSEHubError):
+    """The keys to check a token with cannot be fetched (JWKS endpoint down); try again later (HTTP 503)."""
 
 
 class MissingDependencyError(SSEHubError, ImportError):

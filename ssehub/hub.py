@@ -22,14 +22,15 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ssehub._types import Scope, Send
 from ssehub._uvicorn import chunk
+from ssehub.auth import Authenticator
 from ssehub.brokers import Broker, create_broker
 from ssehub.connection import Connection, select_writer
 from ssehub.encoder import encode
-from ssehub.events import Event, EventId, dump_json, validate_channel, validate_event_type
+from ssehub.events import Event, Position, dump_json, validate_channel, validate_event_type
 from ssehub.exceptions import (
     ConnectionLimitError,
     HubNotRunningError,
@@ -37,9 +38,13 @@ from ssehub.exceptions import (
     InvalidValueError,
     UnknownChannelError,
 )
+from ssehub.expiry import EarlyDeadlines, token_deadline
 from ssehub.flusher import Flusher
 from ssehub.settings import Settings
 from ssehub.subscription import MISSING, ChannelIndex, Subscription, filter_key, validate_filters
+
+if TYPE_CHECKING:
+    from ssehub.grants import Grant
 
 logger = logging.getLogger("ssehub.hub")
 
@@ -67,10 +72,14 @@ class Hub:
         patterns = self.settings.channels
         self._allow_all = "*" in patterns
         self._patterns = [re.compile(fnmatch.translate(p)) for p in patterns]
+        #: Credentials and grants (ssehub/auth.py); the stream and publish endpoints ask it once per request.
+        self.auth = Authenticator(self.settings)
+        self._early = EarlyDeadlines()
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Hub:
+        self.auth.announce()
         await self.broker.start(self._on_event, self._on_gap)
         self._running = True
         self._spawn(self._heartbeat_loop(), "ssehub-heartbeat")
@@ -208,14 +217,20 @@ class Hub:
                 expired.append(connection)
             for connection in expired:
                 connection.close("timeout")
+            # Streams whose token expires before the shared timeout (a small heap, see ssehub/expiry.py): tell
+            # the client why, then end cleanly; it comes back with a fresh token and resumes.
+            for connection in self._early.due(now):
+                if connection in self._connections and not connection.closed:
+                    connection.push(encode(dump_json({"reason": "token_expired"}), event="token_expired"))
+                    connection.close("expired")
 
     # -- subscribing ----------------------------------------------------------------------------------------
 
-    def _parse_resume_id(self, last_event_id: str | None) -> EventId | str | None:
+    def _parse_resume_id(self, last_event_id: str | None) -> Position | str | None:
         if last_event_id is None or last_event_id == "":
             return None
         try:
-            return EventId.parse(last_event_id)
+            return self.broker.parse_position(last_event_id)
         except InvalidEventIdError:
             return "invalid"
 
@@ -228,13 +243,16 @@ class Hub:
         last_event_id: str | None = None,
         send: Send | None = None,
         scope: Scope | None = None,
+        grant: Grant | None = None,
     ) -> AsyncIterator[Subscription]:
         """:meth:`open` a subscription and :meth:`release` it on exit.
 
         Raises:
             The errors of :meth:`open`.
         """
-        sub = await self.open(channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope)
+        sub = await self.open(
+            channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope, grant=grant
+        )
         try:
             yield sub
         finally:
@@ -248,6 +266,7 @@ class Hub:
         last_event_id: str | None = None,
         send: Send | None = None,
         scope: Scope | None = None,
+        grant: Grant | None = None,
     ) -> Subscription:
         """Open a subscription; run :meth:`Subscription.stream` once the response has started; always
         :meth:`release` it (the stream endpoint holds no context manager: one frame less per open stream).
@@ -256,6 +275,8 @@ class Hub:
         the id is older than the retained history or not an id this hub issued (the documented fallback for a
         malformed Last-Event-ID); the missed events, if any, are in ``backlog`` for ``stream`` to write.
         Broker errors therefore happen here, before any response starts (nothing is left held then).
+        ``grant`` (checked by the caller, :meth:`Authenticator.stream_grant`) is carried by the subscription;
+        a stream whose grant expires ends then (close reason ``expired``).
 
         Raises:
             InvalidValueError: bad channels or filters (UnknownChannelError: not allowed).
@@ -284,6 +305,7 @@ class Hub:
         writer = select_writer(send, scope or {}, fast_path=self.settings.fast_path) if send is not None else None
         connection = Connection(secrets.token_hex(8), self.settings.max_buffer_bytes, self._flusher.ready, 0.0, writer)
         sub = Subscription(unique, checked_filters, connection, self._promote)
+        sub.grant = grant
         for name in unique:
             index = self._index.get(name)
             if index is None:
@@ -296,8 +318,12 @@ class Hub:
             self.release(sub)
             raise
         # The deadline counts from here, so that _connections stays in deadline order (see _timeout_loop).
-        connection.deadline = asyncio.get_running_loop().time() + self.settings.connection_timeout
+        now = asyncio.get_running_loop().time()
+        connection.deadline = now + self.settings.connection_timeout
         self._connections[connection] = None
+        early = token_deadline(grant, now, connection.deadline)
+        if early is not None:
+            self._early.add(early, connection)
         return sub
 
     def _promote(self, sub: Subscription) -> None:
@@ -339,7 +365,7 @@ class Hub:
                     self._broker_channels.discard(name)
                     await self.broker.unsubscribe(name)
 
-    async def _catch_up(self, sub: Subscription, resume_from: EventId | str | None, raw_id: str | None) -> None:
+    async def _catch_up(self, sub: Subscription, resume_from: Position | str | None, raw_id: str | None) -> None:
         """Queue the opening frames; read what the client missed into ``sub.backlog`` (written by ``stream``)."""
         connection = sub.connection
         settings = self.settings
@@ -348,21 +374,27 @@ class Hub:
             "channels": list(sub.channels),
             "heartbeat_interval": settings.heartbeat_interval,
         }
-        if isinstance(resume_from, EventId):
-            history = await self.broker.read_since(
+        cutoff: Position
+        if resume_from is not None and not isinstance(resume_from, str):
+            history = await self.broker.read_after(
                 sub.channels, resume_from, limit=settings.history_size * len(sub.channels)
             )
-            cutoff = history.head
+            cutoff = history.cutoff
             info["resumed"] = not history.expired
             connection.push(encode(dump_json(info), event="connected", id=str(resume_from), retry=settings.retry_ms))
             if history.expired:
                 self._push_reset(sub, "history_expired", history.expired, cutoff)
-            elif sub.filters:
-                sub.backlog = [event for event in history.events if sub.accepts(event.fields)]
             else:
-                sub.backlog = history.events
+                # Replay only what this stream may read: its own (authorized) channels, then its filters. The
+                # broker reads exactly these channels; the check keeps a resume from ever leaking another.
+                channels = frozenset(sub.channels)
+                sub.backlog = [
+                    event
+                    for event in history.events
+                    if event.channel in channels and (not sub.filters or sub.accepts(event.fields))
+                ]
         else:
-            cutoff = await self.broker.head()
+            cutoff = await self.broker.position()
             info["resumed"] = False
             if resume_from is None:
                 connection.push(encode(dump_json(info), event="connected", id=str(cutoff), retry=settings.retry_ms))
@@ -373,7 +405,7 @@ class Hub:
                 self._push_reset(sub, "invalid_last_event_id", list(sub.channels), cutoff)
         sub.cutoff = cutoff
 
-    def _push_reset(self, sub: Subscription, reason: str, channels: list[str], head: EventId) -> None:
+    def _push_reset(self, sub: Subscription, reason: str, channels: list[str], head: Position) -> None:
         data = dump_json({"reason": reason, "channels": channels})
         sub.connection.push(encode(data, event="reset", id=str(head)))
 

@@ -3,18 +3,24 @@
 Every setting is an environment variable with the prefix ``SSEHUB_`` (also read from a ``.env`` file in the
 working directory). The README's configuration table lists them; ``tests/test_settings.py`` checks that the
 table and this class agree.
+
+A setting given in several places resolves in one order, first wins: keyword arguments (``ssehub serve``'s
+``--host``/``--port`` flags), the environment, ``.env``, the default.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ssehub.events import validate_channel
 from ssehub.exceptions import InvalidValueError
+from ssehub.grants import ApiKey, validate_pattern
+from ssehub.tokens import effective_algorithms
 
 DEFAULT_CHANNELS = ("download:updates", "queue:updates", "system:notifications")
 #: A Redis key prefix: what every key of the Redis broker and the publishers starts with.
@@ -60,7 +66,8 @@ class Settings(BaseSettings):
     )
     broker_url: str = Field(
         "memory://",
-        description="`memory://` (one process), or `redis://`, `rediss://`, `redis+sentinel://` (see docs/scaling.md).",
+        description="`memory://` (one process), or `redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://` "
+        "(see docs/scaling.md).",
     )
     heartbeat_interval: float = Field(30.0, gt=0, description="Seconds between heartbeat events on every stream.")
     max_connections: int = Field(1000, ge=1, description="Open streams per process; more answer 503.")
@@ -96,8 +103,103 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of `ssehub serve`."
     )
+    # Credentials and grants (ssehub/auth.py, docs/security.md). None configured: the hub runs open.
+    api_keys: list[ApiKey] = Field(
+        default_factory=list,
+        description='JSON list of API keys: `[{"key" or "sha256": ..., "scopes": [...], "channels": [...], '
+        '"name": ...}]` (docs/security.md).',
+    )
+    public_channels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated channel patterns anyone may subscribe to without credentials.",
+    )
+    auth_cookie: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9_\-.]{0,64}$",
+        description="Name of a cookie that may carry the token of a stream request (same-site apps); empty: none.",
+    )
+    allow_open: bool = Field(
+        False, description="Let `ssehub serve` bind to a non-loopback address with no credentials configured."
+    )
+    jwt_secret: SecretStr = Field(SecretStr(""), description="Shared secret of HS256 tokens.")
+    jwt_public_key_file: str = Field("", description="PEM public key file of RS256/ES256 tokens.")
+    jwt_jwks_url: str = Field(
+        "", description="JWKS URL of RS256/ES256 tokens (cached; refetched for an unknown `kid`)."
+    )
+    jwt_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated token algorithms; empty: HS256 with a secret, RS256,ES256 with a public key.",
+    )
+    jwt_audience: str = Field("", description="Required `aud` of tokens; empty: tokens must carry no `aud`.")
+    jwt_issuer: str = Field("", description="Required `iss` of tokens; empty: not checked.")
+    jwt_leeway: float = Field(5.0, ge=0, le=300, description="Seconds of clock skew allowed for `exp`, `nbf`, `iat`.")
+    jwt_claim: str = Field(
+        "ssehub", min_length=1, description="Name of the claim object holding `subscribe`, `publish`, `admin`."
+    )
 
-    _split = field_validator("channels", "default_channels", mode="before")(_split_csv)
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The documented order, spelled out rather than left to the library: arguments, environment, .env.
+
+        (``file_secret_settings`` reads nothing unless a ``secrets_dir`` is configured; it comes last.)
+        """
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
+
+    _split = field_validator("channels", "default_channels", "public_channels", "jwt_algorithms", mode="before")(
+        _split_csv
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: list[ApiKey]) -> list[ApiKey]:
+        digests = [key.digest for key in value]
+        if len(set(digests)) != len(digests):
+            raise ValueError("the same API key is configured twice")
+        return value
+
+    @field_validator("public_channels")
+    @classmethod
+    def _check_public_channels(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            validate_pattern(pattern)
+        return value
+
+    @field_validator("jwt_public_key_file")
+    @classmethod
+    def _check_public_key_file(cls, value: str) -> str:
+        if value and not Path(value).is_file():
+            raise ValueError(f"jwt_public_key_file {value!r} is not a file")
+        return value
+
+    @field_validator("jwt_jwks_url")
+    @classmethod
+    def _check_jwks_url(cls, value: str) -> str:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("jwt_jwks_url must be an https:// (or http://) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _check_jwt(self) -> Settings:
+        public_key = bool(self.jwt_public_key_file or self.jwt_jwks_url)
+        _, problem = effective_algorithms(
+            self.jwt_algorithms, secret=bool(self.jwt_secret.get_secret_value()), public_key=public_key
+        )
+        if problem:
+            raise ValueError(problem)
+        secret_bytes = len(self.jwt_secret.get_secret_value().encode())
+        needed = max([int(alg[2:]) // 8 for alg in self.jwt_algorithms if alg.startswith("HS")] or [32])
+        if 0 < secret_bytes < needed:
+            raise ValueError(f"jwt_secret must be at least {needed} bytes (RFC 7518: as long as the HMAC output)")
+        if self.jwt_public_key_file and self.jwt_jwks_url:
+            raise ValueError("set jwt_public_key_file or jwt_jwks_url, not both")
+        return self
 
     @field_validator("prefix")
     @classmethod
@@ -125,8 +227,10 @@ class Settings(BaseSettings):
     @classmethod
     def _check_broker_url(cls, value: str) -> str:
         scheme = value.split("://", 1)[0] if "://" in value else ""
-        if scheme not in {"memory", "redis", "rediss", "redis+sentinel"}:
-            raise ValueError("broker_url must start with memory://, redis://, rediss:// or redis+sentinel://")
+        if scheme not in {"memory", "redis", "rediss", "redis+sentinel", "redis+cluster"}:
+            raise ValueError(
+                "broker_url must start with memory://, redis://, rediss://, redis+sentinel:// or redis+cluster://"
+            )
         return value
 
     @model_validator(mode="after")

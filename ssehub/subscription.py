@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ssehub._types import Receive
 from ssehub.connection import Connection
-from ssehub.events import Event, EventId, dump_json
+from ssehub.events import Event, EventId, Position, dump_json
 from ssehub.exceptions import InvalidValueError
+
+if TYPE_CHECKING:
+    from ssehub.grants import Grant
 
 _FILTER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _MAX_FILTERS = 8
@@ -66,6 +69,7 @@ class Subscription:
         "connection",
         "cutoff",
         "filters",
+        "grant",
         "pending",
         "pending_bytes",
         "rest",
@@ -90,7 +94,9 @@ class Subscription:
         self.pending_bytes = 0
         # Missed events to write once the response has started, and the id after which held events are new.
         self.backlog: list[Event] = []
-        self.cutoff = EventId(0, 0)
+        self.cutoff: Position = EventId(0, 0)
+        # Who opened the stream and what it may read (ssehub.grants.Grant), checked once before it opened.
+        self.grant: Grant | None = None
 
     async def stream(self, receive: Receive) -> None:
         """Write the backlog, go live, and stream until the connection closes (the response must be started)."""
@@ -121,7 +127,7 @@ class Subscription:
         self.pending = None
         cutoff = self.cutoff
         for event in pending:
-            if event.id > cutoff:
+            if not cutoff.covers(event):
                 connection.push(event.frame, event.chunk)
         # No await since the last held event: the next live event goes straight to the connection.
         if self._on_live is not None and not connection.closed:

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ssehub.brokers.base import Broker, BrokerStatus, DeliverCallback, GapCallback, History
+from ssehub.brokers.base import Broker, BrokerStatus, DeliverCallback, GapCallback, History, Replay
 from ssehub.brokers.memory import MemoryBroker
 
 if TYPE_CHECKING:
     from ssehub.settings import Settings
 
-__all__ = ["Broker", "BrokerStatus", "DeliverCallback", "GapCallback", "History", "MemoryBroker", "create_broker"]
+__all__ = [
+    "Broker",
+    "BrokerStatus",
+    "DeliverCallback",
+    "GapCallback",
+    "History",
+    "MemoryBroker",
+    "Replay",
+    "create_broker",
+]
 
 
 def create_broker(settings: Settings) -> Broker:
@@ -25,6 +34,10 @@ def create_broker(settings: Settings) -> Broker:
             history_ttl=settings.history_ttl,
             max_channels=settings.max_channels,
         )
+    if settings.broker_url.startswith("redis+cluster://"):
+        from ssehub.brokers.cluster import ClusterBroker
+
+        return ClusterBroker.from_settings(settings)
     from ssehub.brokers.redis import RedisBroker
 
     return RedisBroker.from_settings(settings)

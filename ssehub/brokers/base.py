@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ssehub.events import Event, EventId
+from ssehub.events import Event, EventId, Position
 
 #: The hub's callback for live events. It runs in the event loop and must not block.
 DeliverCallback = Callable[[Event], None]
@@ -43,6 +43,21 @@ class History:
 
     events: list[Event]
     head: EventId
+    expired: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """The answer of :meth:`Broker.read_after`: what the hub replays to a resuming stream.
+
+    Attributes:
+        events: the missed events, in an order every subscriber may see them in.
+        cutoff: the position the read reached; held live events that it covers were in ``events``.
+        expired: the requested channels whose retained history no longer reaches back to the position.
+    """
+
+    events: list[Event]
+    cutoff: Position
     expired: list[str] = field(default_factory=list)
 
 
@@ -105,6 +120,36 @@ class Broker(ABC):
         Raises:
             BrokerUnavailableError: the engine cannot be reached.
         """
+
+    # The hub resumes through these three. Brokers with one total order keep the defaults (an EventId is the
+    # position); a broker without one (Redis Cluster: one order per shard) overrides all three.
+
+    def parse_position(self, text: str) -> Position:
+        """Parse a client's ``Last-Event-ID`` into a position of this broker.
+
+        Raises:
+            InvalidEventIdError: ``text`` is not a position this kind of broker issues.
+        """
+        return EventId.parse(text)
+
+    async def position(self) -> Position:
+        """The current position: a stream that starts here misses nothing published later.
+
+        Raises:
+            BrokerUnavailableError: the engine cannot be reached.
+        """
+        return await self.head()
+
+    async def read_after(self, channels: Sequence[str], after: Position, limit: int) -> Replay:
+        """What a client at ``after`` missed on ``channels`` (at most ``limit`` events), and where that leaves it.
+
+        Raises:
+            BrokerUnavailableError: the engine cannot be reached.
+        """
+        if not isinstance(after, EventId):
+            raise TypeError(f"{type(self).__name__} positions are event ids, got {type(after).__name__}")
+        history = await self.read_since(channels, after, limit)
+        return Replay(history.events, history.head, history.expired)
 
     @abstractmethod
     def status(self) -> BrokerStatus:

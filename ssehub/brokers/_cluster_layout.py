@@ -1,0 +1,204 @@
+"""What the Redis Cluster broker needs besides the broker itself: URL, key names, shards, clients.
+
+Keys are spread over the cluster by channel: each channel's keys carry the hash tag ``{<prefix>:<channel>}``,
+so a channel lives in one slot and its publish script touches one slot's declared keys. Each shard keeps its
+own order of ids in keys whose hash tag lands on the shard's *anchor* slot (the lowest slot it owns). The
+layout is documented for other languages in ``docs/redis-layout.md`` ("Redis Cluster").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from ssehub.brokers._redis_layout import RedisLayout
+from ssehub.brokers.redis_client import ClientOptions
+from ssehub.exceptions import InvalidValueError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+
+SLOTS = 16384
+SCHEME = "redis+cluster"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterTarget:
+    """The seed nodes and credentials of a ``redis+cluster://[user:password@]host:port[,host:port...]`` URL."""
+
+    nodes: tuple[tuple[str, int], ...]
+    credentials: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """The target without credentials, for logs and /health."""
+        return f"{SCHEME}://" + ",".join(f"{host}:{port}" for host, port in self.nodes)
+
+
+def parse_cluster_url(url: str) -> ClusterTarget:
+    """Parse a ``redis+cluster://`` URL.
+
+    Raises:
+        InvalidValueError: another scheme, no host, a host without port, a path or query options.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != SCHEME:
+        raise InvalidValueError(f"a Redis Cluster broker URL starts with {SCHEME}://")
+    if "?" in rest or "/" in rest.strip("/"):
+        raise InvalidValueError(f"{SCHEME}:// URL: expected user:password@host:port,host:port and nothing after")
+    userinfo, _, hosts = rest.strip("/").rpartition("@")
+    credentials: dict[str, Any] = {}
+    if userinfo:
+        user, has_password, password = userinfo.partition(":")
+        if has_password:
+            credentials["password"] = unquote(password)
+            if user:
+                credentials["username"] = unquote(user)
+        else:
+            credentials["password"] = unquote(user)
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidValueError(f"{SCHEME}:// URL: expected host:port, got {item.strip()[:60]!r}")
+        nodes.append((host.strip("[]"), int(port)))
+    return ClusterTarget(tuple(nodes), credentials)
+
+
+def key_slot(key: str) -> int:
+    """The cluster slot of a key (CRC16 of its hash tag, as Redis computes it)."""
+    from redis.crc import key_slot as crc_slot
+
+    return int(crc_slot(key.encode("utf-8")))
+
+
+@cache
+def anchor_tag(prefix: str, anchor: int) -> str:
+    """A short hash tag that lands on slot ``anchor``: ``<prefix>.shard.<n>`` for the smallest such n."""
+    n = 0
+    while key_slot(f"{prefix}.shard.{n}") != anchor:
+        n += 1
+    return f"{prefix}.shard.{n}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterLayout:
+    """Key and pub/sub names of the cluster layout under one prefix (validated like the single-Redis one)."""
+
+    prefix: str = "ssehub"
+
+    def __post_init__(self) -> None:
+        RedisLayout(self.prefix)  # the same rule for the prefix
+
+    @property
+    def channel_prefix(self) -> str:
+        """What every channel key starts with: ``{<prefix>:``; the channel name and ``}`` follow."""
+        return "{" + self.prefix + ":"
+
+    def stream(self, channel: str) -> str:
+        """The stream key holding a channel's history."""
+        return self.channel_prefix + channel + "}:stream"
+
+    def home(self, channel: str) -> str:
+        """The anchor of the shard whose order issued the ids in the channel's stream."""
+        return self.channel_prefix + channel + "}:home"
+
+    def notify(self, channel: str) -> str:
+        """The sharded pub/sub channel of a channel's live notifications (in the channel's slot)."""
+        return self.channel_prefix + channel + "}:notify"
+
+    def slot(self, channel: str) -> int:
+        """The slot of a channel's keys."""
+        return key_slot(self.stream(channel))
+
+    def shard_prefix(self, anchor: int) -> str:
+        """What the keys of the shard named ``anchor`` start with (their slot is ``anchor``)."""
+        return "{" + anchor_tag(self.prefix, anchor) + "}:" + self.prefix + ":"
+
+    @property
+    def node_channel(self) -> str:
+        """A classic pub/sub channel that carries nothing; keeps each shard connection in subscribed mode."""
+        return "{" + self.prefix + "}:node"
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """One master and the name of its order: ``anchor``, the lowest slot it owned when discovered."""
+
+    anchor: int
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Which shard owns which slot, as a hub last saw it."""
+
+    shards: dict[int, Shard]
+    owner: tuple[int, ...]  # slot -> anchor of its shard (-1: not covered)
+
+    def shard_of_slot(self, slot: int) -> Shard | None:
+        """The shard owning ``slot``, or None if no master serves it."""
+        anchor = self.owner[slot]
+        return self.shards.get(anchor) if anchor >= 0 else None
+
+
+def topology_from_slots(slots: dict[int, Any]) -> Topology:
+    """A Topology from redis-py's ``nodes_manager.slots_cache`` (slot -> [primary node, replicas...]).
+
+    Every master is named by the lowest slot it owns, so hubs that see the same cluster name shards alike.
+    """
+    owner_name: list[str | None] = [None] * SLOTS
+    nodes: dict[str, Any] = {}
+    for slot, holders in slots.items():
+        if holders:
+            primary = holders[0]
+            owner_name[slot] = primary.name
+            nodes.setdefault(primary.name, primary)
+    anchors: dict[str, int] = {}
+    for slot, name in enumerate(owner_name):
+        if name is not None and name not in anchors:
+            anchors[name] = slot
+    shards = {anchor: Shard(anchor, nodes[name].host, int(nodes[name].port)) for name, anchor in anchors.items()}
+    owner = tuple(anchors[name] if name is not None else -1 for name in owner_name)
+    return Topology(shards, owner)
+
+
+def make_cluster_client(target: ClusterTarget, options: ClientOptions) -> RedisCluster:
+    """The command client of the cluster broker: redis-py's cluster client, ``options.pool_size`` per node.
+
+    With :func:`make_shard_client`, the only place a cluster connection is built; both belong with the Redis
+    client factory (``ssehub/brokers/redis_client.py``) and use its options.
+    """
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    # No retries of a failed command inside redis-py (a retried publish could store an event twice);
+    # MOVED/ASK redirections are still followed: they mean the command did not run.
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        max_connections=options.pool_size,
+        retry=Retry(NoBackoff(), 0),
+        require_full_coverage=False,
+        **options.connection_kwargs(),
+        **target.credentials,
+    )
+
+
+def make_shard_client(target: ClusterTarget, shard: Shard, options: ClientOptions) -> Redis:
+    """A plain client to one shard's master, for its sharded pub/sub connection (2: room for one closing)."""
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return Redis(
+        host=shard.host,
+        port=shard.port,
+        max_connections=2,
+        retry=Retry(NoBackoff(), 0),
+        **options.connection_kwargs(),
+        **target.credentials,
+    )
