@@ -10,8 +10,8 @@ Body::
 
 Answer: 201 ``{"channel": "...", "ids": ["...", ...]}``, the ids in the order of the messages. Every message is
 validated before the first is published; then they are published in order, so a broker failure (503) may leave
-the first ones published. With authentication on, the caller needs publish rights on the channel, as for
-``POST /publish``.
+the first ones published. With credentials configured, the caller needs publish rights on the channel, as for
+``POST /publish`` (a token in a header: 401 without, 403 without the right).
 """
 
 from __future__ import annotations
@@ -23,13 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ssehub.events import dump_json, validate_event_type
-from ssehub.exceptions import (
-    BrokerUnavailableError,
-    ChannelLimitError,
-    HubNotRunningError,
-    InvalidValueError,
-    UnknownChannelError,
-)
+from ssehub.exceptions import InvalidValueError
 from ssehub.hub import Hub
 
 __all__ = ["MAX_MESSAGES", "echo"]
@@ -40,8 +34,8 @@ _BODY_FIELDS = frozenset({"channel", "messages"})
 _MESSAGE_FIELDS = frozenset({"event", "data"})
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "code": code}, status_code=status, headers=headers)
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code}, status_code=status)
 
 
 def _reject_constant(name: str) -> Any:
@@ -87,8 +81,16 @@ def _validate(hub: Hub, payload: Any) -> tuple[str, list[tuple[str, Any]]]:
 
 
 async def echo(request: Request) -> Response:
-    """Validate the body, then publish its messages in order; 201 with their ids."""
+    """Authenticate and validate, then publish the messages in order; 201 with their ids."""
+    # Imported here: app.py routes to this module, and its error mapping is the one every endpoint shares.
+    from ssehub.app import _HUB_ERRORS, _error_for
+
     hub: Hub = request.app.state.hub
+    try:
+        # As for POST /publish: credentials from headers only, publish rights on the channel checked below.
+        grant = await hub.auth.authenticate(request, query=False, cookie=False)
+    except _HUB_ERRORS as exc:
+        return _error_for(exc)
     # The whole list is one request: allow it to be as large as its messages together may be, within reason.
     body = await _read_body(request, hub.settings.max_payload_bytes * 4)
     if isinstance(body, Response):
@@ -99,15 +101,8 @@ async def echo(request: Request) -> Response:
         return _error(422, "INVALID_JSON", f"the body is not valid JSON: {exc}")
     try:
         channel, messages = _validate(hub, payload)
+        hub.auth.authorize_publish(grant, channel)
         ids = [str((await hub.publish(channel, event, data)).id) for event, data in messages]
-    except UnknownChannelError as exc:
-        return _error(404, "UNKNOWN_CHANNEL", str(exc))
-    except InvalidValueError as exc:
-        return _error(413 if exc.code == "PAYLOAD_TOO_LARGE" else 422, exc.code, str(exc))
-    except BrokerUnavailableError as exc:
-        return _error(503, "BROKER_UNAVAILABLE", str(exc), {"Retry-After": "2"})
-    except HubNotRunningError as exc:
-        return _error(503, "HUB_NOT_RUNNING", str(exc), {"Retry-After": "2"})
-    except ChannelLimitError as exc:
-        return _error(429, "CHANNEL_LIMIT", str(exc), {"Retry-After": "60"})
+    except _HUB_ERRORS as exc:
+        return _error_for(exc)
     return JSONResponse({"channel": channel, "ids": ids}, status_code=201)

@@ -91,3 +91,31 @@ async def server_head(client: httpx.AsyncClient, api: str) -> str:
     """The id a fresh stream of channel `a` starts from: it moves when anything is published there."""
     async with open_stream(client, f"{api}/stream?channels=a") as stream:
         return (await stream.next_event()).id
+
+
+async def test_with_credentials_the_caller_needs_publish_rights(
+    start_server: ServerFactory, client: httpx.AsyncClient
+) -> None:
+    """With API keys configured, echo answers 401 without a token, 403 without publish rights on the channel,
+    and 201 with them (as POST /publish does)."""
+    keys = [
+        {"key": "publish-key-0123456789", "scopes": ["publish"], "channels": ["session:*"], "name": "tests"},
+        {"key": "reader-key-0123456789", "scopes": ["subscribe"], "channels": ["session:*"], "name": "reader"},
+    ]
+    server = start_server(enable_test_endpoints=True, api_keys=keys)
+    body = {"channel": "session:ab12", "messages": [{"event": "e", "data": 1}]}
+    url = f"{server.api}/test/echo"
+    anonymous = await client.post(url, json=body)
+    reader = await client.post(url, json=body, headers={"Authorization": "Bearer reader-key-0123456789"})
+    elsewhere = await client.post(
+        url,
+        json={**body, "channel": "other"},
+        headers={"Authorization": "Bearer publish-key-0123456789"},
+    )
+    allowed = await client.post(url, json=body, headers={"Authorization": "Bearer publish-key-0123456789"})
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"].startswith("Bearer")
+    assert reader.status_code == 403
+    assert elsewhere.status_code == 403
+    assert [r.json()["code"] for r in (reader, elsewhere)] == ["FORBIDDEN", "FORBIDDEN"]
+    assert allowed.status_code == 201, allowed.text
