@@ -220,3 +220,17 @@ async def test_restarted_demo_on_redis_continues_the_sequence(client: httpx.Asyn
     assert seqs == list(range(seqs[0], seqs[0] + 45))
     unfinished = {d["download_id"] for d in state["downloads"] if d["status"] in ("queued", "downloading", "paused")}
     assert unfinished <= {d["download_id"] for d in restored["downloads"]}
+
+
+async def test_with_credentials_public_demo_channels_keep_the_page_working(client: httpx.AsyncClient) -> None:
+    """With API keys configured, the demo's stream is refused (401) unless its channels are public, as the README
+    advises; then it streams without a token."""
+    keys = [{"key": "publish-key-0123456789", "scopes": ["publish"], "channels": ["*"], "name": "worker"}]
+    with demo_server(api_keys=keys) as base:
+        refused = await client.get(base + STREAM)
+    assert refused.status_code == 401
+    with demo_server(api_keys=keys, public_channels=",".join(CHANNELS)) as base:
+        async with open_stream(client, base + STREAM, timeout=15) as stream:
+            assert stream.response.status_code == 200
+            messages = await _messages(stream, 3)
+    assert all("seq" in json.loads(m.data) for m in messages)
