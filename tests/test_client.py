@@ -394,3 +394,29 @@ async def test_token_and_last_event_id_are_sent_as_headers(client: httpx.AsyncCl
     assert [h["authorization"] for h in front.stream_headers] == ["Bearer s3cret", "Bearer s3cret"]
     assert [h["last-event-id"] for h in front.stream_headers] == [first, first]
     assert all(h["accept"] == "text/event-stream" for h in front.stream_headers)
+
+
+async def test_token_authenticates_the_stream(start_hub: StartHub, client: httpx.AsyncClient) -> None:
+    """Against a hub with credentials, no token is a final 401 and a key with subscribe rights streams events."""
+    keys = [
+        {"key": "reader-key-0123456789", "scopes": ["subscribe"], "channels": ["jobs"], "name": "reader"},
+        {"key": "writer-key-0123456789", "scopes": ["publish"], "channels": ["jobs"], "name": "writer"},
+    ]
+    api, _hub = start_hub(api_keys=keys)
+    with pytest.raises(SubscribeError) as caught:
+        await _take(subscribe(f"{api}/stream", channels=["jobs"]), 1)
+    assert (caught.value.status, caught.value.code) == (401, "UNAUTHORIZED")
+    subscriber = subscribe(f"{api}/stream", channels=["jobs"], token="reader-key-0123456789")
+    async with subscriber:
+        reader = asyncio.ensure_future(_take(subscriber, 1))
+        async with asyncio.timeout(10):
+            while subscriber.state != "open":
+                await asyncio.sleep(0.02)
+        response = await client.post(
+            f"{api}/publish",
+            json={"channel": "jobs", "event": "job", "data": {"n": 1}},
+            headers={"Authorization": "Bearer writer-key-0123456789"},
+        )
+        assert response.status_code == 201, response.text
+        events = await reader
+    assert [e.id for e in events] == [response.json()["id"]]
