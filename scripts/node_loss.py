@@ -347,11 +347,18 @@ async def simulate(config: Config, broker_url: str, workdir: Path) -> Report:
         for name in client.channels:
             seq = [i for channel, i in got if channel == name]
             report.out_of_order += sum(1 for a, b in itertools.pairwise(seq) if b <= a)
+    if report.duplicates or report.missing or report.out_of_order:
+        report.errors += await asyncio.to_thread(_hub_logs, workdir)
     report.wall_seconds = round(time.monotonic() - started, 1)
     report.ok = not report.errors and not (
         report.missing or report.duplicates or report.out_of_order or report.unexpected or report.resets
     )
     return report
+
+
+def _hub_logs(workdir: Path) -> list[str]:
+    """The end of every hub's log, for a failure report."""
+    return [f"{path.name}: {path.read_text(errors='replace')[-1500:]}" for path in sorted(workdir.glob("hub-*.log"))]
 
 
 def main(argv: list[str] | None = None) -> int:

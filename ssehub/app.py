@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 from ssehub._types import Receive, Scope, Send
 from ssehub.auth import TOKEN_PARAM
 from ssehub.client_assets import client_routes
+from ssehub.cors import CorsPolicy
 from ssehub.demo import Demo
 from ssehub.echo import echo
 from ssehub.exceptions import (
@@ -39,10 +40,20 @@ from ssehub.exceptions import (
     ConnectionLimitError,
     HubNotRunningError,
     InvalidValueError,
+    LimitExceededError,
     PermissionDeniedError,
     UnknownChannelError,
 )
 from ssehub.hub import Hub
+from ssehub.limits import (
+    RateLimiter,
+    StreamLimits,
+    client_address,
+    drain_before_refusal,
+    identity_of,
+    rate_key,
+    read_body,
+)
 from ssehub.settings import Settings
 
 logger = logging.getLogger("ssehub.app")
@@ -83,6 +94,11 @@ def _error_for(exc: Exception) -> JSONResponse:
         return error_response(403, "FORBIDDEN", str(exc))
     if isinstance(exc, AuthUnavailableError):
         return error_response(503, "AUTH_UNAVAILABLE", str(exc), {"Retry-After": "5"})
+    if isinstance(exc, LimitExceededError):
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+        if exc.close:
+            headers["Connection"] = "close"  # the body was left unread: do not parse it as the next request
+        return error_response(exc.status, exc.code, str(exc), headers)
     raise exc
 
 
@@ -104,6 +120,7 @@ _HUB_ERRORS = (
     AuthenticationError,
     PermissionDeniedError,
     AuthUnavailableError,
+    LimitExceededError,
 )
 
 
@@ -114,12 +131,24 @@ class StreamEndpoint:
         hub: the hub to subscribe to.
         channels: fixed channels (``/queue``); ``None`` reads ``?channels=`` and falls back to the defaults.
         filter_param: a path parameter that becomes a filter of the same name (``/downloads/{download_id}``).
+        limits: open streams per client address and identity, shared by every stream route of an API; its own
+            when omitted.
     """
 
-    def __init__(self, hub: Hub, channels: list[str] | None = None, filter_param: str | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        channels: list[str] | None = None,
+        filter_param: str | None = None,
+        *,
+        limits: StreamLimits | None = None,
+    ) -> None:
         self.hub = hub
         self.channels = channels
         self.filter_param = filter_param
+        settings = hub.settings
+        self.cors = CorsPolicy(settings.allowed_origins)
+        self.limits = limits or StreamLimits(settings.max_streams_per_client, settings.max_streams_per_identity)
 
     def _request_args(self, request: Request) -> tuple[list[str], dict[str, str], str | None]:
         params = request.query_params
@@ -155,47 +184,76 @@ class StreamEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         hub = self.hub
+        # CORS headers go into this endpoint's own answers (a wrapped send would turn the fast path off).
+        cors = self.cors.headers(scope)
         if not hub.settings.enable_sse:
-            response = error_response(503, "SSE_DISABLED", "server-sent events are disabled (SSEHUB_ENABLE_SSE)")
-            await response(scope, receive, send)
+            refusal = error_response(503, "SSE_DISABLED", "server-sent events are disabled (SSEHUB_ENABLE_SSE)")
+            await _refuse(refusal, cors, scope, receive, send)
             return
         try:
             channels, filters, last_event_id = self._request_args(request)
             grant = await hub.auth.stream_grant(request, channels)  # the one auth check of this stream
-            sub = await hub.open(
-                channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope, grant=grant
-            )
+            lease = self.limits.acquire(client_address(scope), identity_of(grant))
         except _HUB_ERRORS as exc:
-            await _error_for(exc)(scope, receive, send)
+            await _refuse(_error_for(exc), cors, scope, receive, send)
             return
         del request  # nothing of the request is needed while the stream lives
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
-            await sub.stream(receive)
+            try:
+                sub = await hub.open(
+                    channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope, grant=grant
+                )
+            except _HUB_ERRORS as exc:
+                await _refuse(_error_for(exc), cors, scope, receive, send)
+                return
+            try:
+                headers = _STREAM_HEADERS + cors if cors else _STREAM_HEADERS
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                await sub.stream(receive)
+            finally:
+                hub.release(sub)
         finally:
-            hub.release(sub)
+            lease.release()
+
+
+async def _refuse(
+    response: Response, cors: list[tuple[bytes, bytes]], scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Send a stream endpoint's refusal with the request's CORS headers, so that a page can read the error."""
+    response.raw_headers.extend(cors)
+    await response(scope, receive, send)
 
 
 async def _publish(request: Request) -> Response:
     hub: Hub = request.app.state.hub
+    settings = hub.settings
+    limiter: RateLimiter = request.app.state.publish_rate
     try:
         # Headers only: a token in the query string leaks into logs, a cookie invites cross-site requests.
         grant = await hub.auth.authenticate(request, query=False, cookie=False)
+        limiter.check(rate_key(request.scope, identity_of(grant)))  # per key or subject, else per address
     except _HUB_ERRORS as exc:
+        # Refused before the body was read: read and drop it (bounded) so the client reads this, not a reset.
+        response = _error_for(exc)
+        if not await drain_before_refusal(request.scope, request.receive, settings):
+            response.headers["Connection"] = "close"
+        return response
+    try:
+        body = await read_body(
+            request.scope,
+            request.receive,
+            limit=settings.max_payload_bytes,
+            timeout=settings.body_timeout,
+            drain=settings.max_drain_bytes,
+        )
+    except LimitExceededError as exc:
         return _error_for(exc)
-    limit = hub.settings.max_payload_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return error_response(413, "PAYLOAD_TOO_LARGE", f"the body is larger than {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return error_response(413, "PAYLOAD_TOO_LARGE", f"the body is larger than {limit} bytes")
     try:
         payload = json.loads(body, parse_constant=_reject_constant)
     except ValueError as exc:
         return error_response(422, "INVALID_JSON", f"the body is not valid JSON: {exc}")
+    except RecursionError:
+        return error_response(422, "INVALID_JSON", "the body is nested too deeply")
     if not isinstance(payload, dict):
         return error_response(422, "INVALID_BODY", 'the body must be a JSON object {"channel", "event", "data"}')
     missing = sorted(_PUBLISH_FIELDS - payload.keys())
@@ -251,22 +309,31 @@ class API:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        routes = self.routes(hub)
+        settings = hub.settings
+        self.cors = CorsPolicy(settings.allowed_origins)
+        #: Open streams per client address and identity, shared by every stream route.
+        self.stream_limits = StreamLimits(settings.max_streams_per_client, settings.max_streams_per_identity)
+        routes = self.routes(hub, self.stream_limits)
         #: The stream routes: those whose endpoint is a StreamEndpoint.
         self.stream_routes = [r for r in routes if isinstance(r, Route) and isinstance(r.app, StreamEndpoint)]
         self._other = Starlette(routes=routes, exception_handlers=_EXCEPTION_HANDLERS)
         self._other.state.hub = hub
+        self._other.state.publish_rate = RateLimiter(settings.publish_rate, settings.publish_burst)
         self.state = self._other.state
 
     @staticmethod
-    def routes(hub: Hub) -> list[BaseRoute]:
-        """Every route of the API (paths relative to the mount point)."""
+    def routes(hub: Hub, limits: StreamLimits | None = None) -> list[BaseRoute]:
+        """Every route of the API (paths relative to the mount point); the stream routes share ``limits``."""
+        if limits is None:
+            limits = StreamLimits(hub.settings.max_streams_per_client, hub.settings.max_streams_per_identity)
         return [
-            Route("/stream", StreamEndpoint(hub), methods=["GET"]),
+            Route("/stream", StreamEndpoint(hub, limits=limits), methods=["GET"]),
             Route(
-                "/downloads/{download_id}", StreamEndpoint(hub, ["download:updates"], "download_id"), methods=["GET"]
+                "/downloads/{download_id}",
+                StreamEndpoint(hub, ["download:updates"], "download_id", limits=limits),
+                methods=["GET"],
             ),
-            Route("/queue", StreamEndpoint(hub, ["queue:updates"]), methods=["GET"]),
+            Route("/queue", StreamEndpoint(hub, ["queue:updates"], limits=limits), methods=["GET"]),
             Route("/health", _health, methods=["GET"]),
             Route("/publish", _publish, methods=["POST"]),
             *client_routes(),  # {prefix}/client.js and friends: the browser client (docs/client.md)
@@ -275,12 +342,16 @@ class API:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if self.cors.is_preflight(scope):
+                await self.cors.preflight(scope)(scope, receive, send)
+                return
             for route in self.stream_routes:
                 match, child_scope = route.matches(scope)
                 if match is Match.FULL:
                     scope.update(child_scope)
-                    await route.app(scope, receive, send)
+                    await route.app(scope, receive, send)  # adds its own CORS headers
                     return
+            send = self.cors.wrap(scope, send)
         await self._other(scope, receive, send)
 
 

@@ -27,6 +27,7 @@ class _Server:
         import uvicorn
 
         from ssehub.app import create_app
+        from ssehub.guard import uvicorn_options
         from ssehub.redact import uvicorn_log_config
 
         common = {
@@ -34,12 +35,13 @@ class _Server:
             "port": settings.port,
             "log_level": settings.log_level,
             "timeout_graceful_shutdown": 5,
-            "proxy_headers": True,
             "log_config": uvicorn_log_config(),  # the access log never shows a ?token= value
+            # Head timeout and size, lingering close, and proxy trust from SSEHUB_TRUSTED_PROXIES (one rule).
+            **uvicorn_options(settings),
         }
         if workers > 1:
             # Each worker builds its own app and hub from the environment; the broker connects them.
-            uvicorn.run("ssehub.app:create_app_from_env", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+            uvicorn.run("ssehub.app:create_app_from_env", factory=True, workers=workers, **common)
             return
         app = create_app(settings)
         hub = app.state.hub
@@ -51,7 +53,7 @@ class _Server:
                 hub.end_streams()
                 await super().shutdown(sockets)
 
-        Server(uvicorn.Config(app, **common)).run()  # type: ignore[arg-type]
+        Server(uvicorn.Config(app, **common)).run()
 
 
 def _serve(args: argparse.Namespace) -> int:

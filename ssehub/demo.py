@@ -39,8 +39,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ssehub.events import Event, EventId
-from ssehub.exceptions import BrokerUnavailableError, HubNotRunningError, SSEHubError
+from ssehub.exceptions import BrokerUnavailableError, HubNotRunningError, LimitExceededError, SSEHubError
 from ssehub.hub import Hub
+from ssehub.limits import read_body
 
 __all__ = ["CHANNELS", "Demo", "Download"]
 
@@ -451,7 +452,7 @@ class Demo:
 
     async def _add(self, request: Request) -> Response:
         try:
-            body = await _json_body(request)
+            body = await _json_body(request, self.hub)
             if not isinstance(body, dict) or not body.keys() <= {"name", "size_mb"} or "name" not in body:
                 raise DemoError(422, "INVALID_BODY", 'the body must be {"name": "...", "size_mb": <number, optional>}')
             name, size_mb = body["name"], body.get("size_mb", self._random.choice((48, 146, 356, 631, 1450)))
@@ -481,15 +482,22 @@ def _error(status: int, code: str, message: str, retry: int | None = None) -> JS
     return JSONResponse({"error": message, "code": code}, status_code=status, headers=headers)
 
 
-async def _json_body(request: Request) -> Any:
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > _MAX_BODY:
-            raise DemoError(413, "PAYLOAD_TOO_LARGE", f"the body is larger than {_MAX_BODY} bytes")
+async def _json_body(request: Request, hub: Hub) -> Any:
+    settings = hub.settings
+    try:
+        # The hub's body rules: bounded size and time (a slow client cannot hold the request open).
+        body = await read_body(
+            request.scope,
+            request.receive,
+            limit=_MAX_BODY,
+            timeout=settings.body_timeout,
+            drain=settings.max_drain_bytes,
+        )
+    except LimitExceededError as exc:
+        raise DemoError(exc.status, exc.code, str(exc)) from exc
     try:
         return json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise DemoError(422, "INVALID_JSON", f"the body is not valid JSON: {exc}") from exc
 
 

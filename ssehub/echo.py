@@ -42,18 +42,6 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-async def _read_body(request: Request, limit: int) -> bytes | Response:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return _error(413, "PAYLOAD_TOO_LARGE", f"the body is larger than {limit} bytes")
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            return _error(413, "PAYLOAD_TOO_LARGE", f"the body is larger than {limit} bytes")
-    return bytes(body)
-
-
 def _validate(hub: Hub, payload: Any) -> tuple[str, list[tuple[str, Any]]]:
     """The channel and the (event, data) pairs of a valid body. Raises InvalidValueError naming the problem."""
     if not isinstance(payload, dict) or payload.keys() != _BODY_FIELDS:
@@ -81,24 +69,40 @@ def _validate(hub: Hub, payload: Any) -> tuple[str, list[tuple[str, Any]]]:
 
 
 async def echo(request: Request) -> Response:
-    """Authenticate and validate, then publish the messages in order; 201 with their ids."""
-    # Imported here: app.py routes to this module, and its error mapping is the one every endpoint shares.
+    """Authenticate, rate-limit and validate as ``POST /publish`` does, then publish the messages in order."""
+    # Imported here: app.py routes to this module; its error mapping and body rules are the ones every endpoint
+    # shares.
     from ssehub.app import _HUB_ERRORS, _error_for
+    from ssehub.limits import RateLimiter, drain_before_refusal, identity_of, rate_key, read_body
 
     hub: Hub = request.app.state.hub
+    settings = hub.settings
+    limiter: RateLimiter = request.app.state.publish_rate
     try:
-        # As for POST /publish: credentials from headers only, publish rights on the channel checked below.
+        # As for POST /publish: credentials from headers only; publish rights on the channel are checked below.
         grant = await hub.auth.authenticate(request, query=False, cookie=False)
+        limiter.check(rate_key(request.scope, identity_of(grant)))
+    except _HUB_ERRORS as exc:
+        response = _error_for(exc)
+        if not await drain_before_refusal(request.scope, request.receive, settings):
+            response.headers["Connection"] = "close"
+        return response
+    try:
+        # The whole list is one request: it may be as large as its messages together, within reason.
+        body = await read_body(
+            request.scope,
+            request.receive,
+            limit=settings.max_payload_bytes * 4,
+            timeout=settings.body_timeout,
+            drain=settings.max_drain_bytes,
+        )
+        payload = json.loads(body, parse_constant=_reject_constant)
     except _HUB_ERRORS as exc:
         return _error_for(exc)
-    # The whole list is one request: allow it to be as large as its messages together may be, within reason.
-    body = await _read_body(request, hub.settings.max_payload_bytes * 4)
-    if isinstance(body, Response):
-        return body
-    try:
-        payload = json.loads(body, parse_constant=_reject_constant)
     except ValueError as exc:
         return _error(422, "INVALID_JSON", f"the body is not valid JSON: {exc}")
+    except RecursionError:
+        return _error(422, "INVALID_JSON", "the body is nested too deeply")
     try:
         channel, messages = _validate(hub, payload)
         hub.auth.authorize_publish(grant, channel)

@@ -114,7 +114,7 @@ def dump_json(data: Any) -> str:
     try:
         text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         text.encode("utf-8")
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python recurses
         raise InvalidValueError(f"data is not valid JSON: {exc}", "INVALID_DATA") from exc
     return text
 

@@ -10,6 +10,7 @@ Hierarchy (kept shallow on purpose)::
     ├── HubNotRunningError     the hub was not started (or is shutting down)
     ├── BrokerUnavailableError the broker cannot be reached; nothing was accepted
     ├── ChannelLimitError      the broker holds as many channels as it may
+    ├── LimitExceededError     a request went past a size, time, count or rate limit (413, 408, 429)
     ├── AuthenticationError    missing, unknown, malformed or expired credentials (401)
     ├── PermissionDeniedError  valid credentials that do not grant this channel or action (403)
     ├── AuthUnavailableError   the JWKS endpoint cannot be reached to check a token (503)
@@ -88,3 +89,23 @@ class MissingDependencyError(SSEHubError, ImportError):
 
     def __init__(self, package: str, extra: str) -> None:
         super().__init__(f"{package} is not installed. Install it with: pip install 'ssehub[{extra}]'")
+
+
+class LimitExceededError(SSEHubError):
+    """A request went past one of the limits of ``ssehub.limits``: its size, time, count or rate.
+
+    Attributes:
+        status: the HTTP status to answer (408, 413 or 429; 400 when the client went away mid-body).
+        code: the JSON error code (``TOO_MANY_STREAMS``, ``RATE_LIMITED``, ``PAYLOAD_TOO_LARGE``, ...).
+        retry_after: seconds after which a retry may succeed, if that helps the client.
+        close: the request body was not read to its end: the answer must close the connection.
+    """
+
+    def __init__(
+        self, message: str, code: str, status: int, *, retry_after: int | None = None, close: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.retry_after = retry_after
+        self.close = close

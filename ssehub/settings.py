@@ -10,6 +10,7 @@ A setting given in several places resolves in one order, first wins: keyword arg
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -21,6 +22,8 @@ from ssehub.events import validate_channel
 from ssehub.exceptions import InvalidValueError
 from ssehub.grants import ApiKey, validate_pattern
 from ssehub.tokens import effective_algorithms
+
+_ORIGIN = re.compile(r"https?://[a-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](:[0-9]{1,5})?")
 
 DEFAULT_CHANNELS = ("download:updates", "queue:updates", "system:notifications")
 #: A Redis key prefix: what every key of the Redis broker and the publishers starts with.
@@ -91,6 +94,39 @@ class Settings(BaseSettings):
         1048576, ge=1024, description="Bytes queued for one slow stream before it is disconnected (it resumes)."
     )
     max_channels_per_stream: int = Field(32, ge=1, description="Channels one stream may subscribe to.")
+    # CORS, limits and proxies (docs/security-cors-limits.md); the mechanisms live in cors.py, limits.py, guard.py.
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated exact origins (`https://app.example.com`) allowed cross-origin, with "
+        "credentials; empty sends no CORS headers.",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Comma-separated proxy IPs/CIDRs whose `X-Forwarded-For` gives the client address "
+        "(rightmost untrusted hop); empty trusts none.",
+    )
+    max_streams_per_client: int = Field(
+        100, ge=0, description="Open streams per client address; more answer 429 TOO_MANY_STREAMS (0: no limit)."
+    )
+    max_streams_per_identity: int = Field(
+        20, ge=0, description="Open streams per authenticated identity; more answer 429 TOO_MANY_STREAMS (0: no limit)."
+    )
+    publish_rate: float = Field(
+        100.0, ge=0, description="`POST /publish` requests per second per key or client address (0: no limit)."
+    )
+    publish_burst: int = Field(
+        200, ge=1, description="Publish requests allowed at once before `SSEHUB_PUBLISH_RATE` applies."
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client may take to send a request's headers (`ssehub serve`); then 408."
+    )
+    body_timeout: float = Field(10.0, gt=0, description="Seconds a client may take to send a publish body; then 408.")
+    max_header_bytes: int = Field(
+        65536, ge=1024, description="Largest request line plus headers (`ssehub serve`); larger answer 414 or 431."
+    )
+    max_drain_bytes: int = Field(
+        1048576, ge=0, description="Bytes of a refused request body read and discarded so the client sees the answer."
+    )
     redis_pool_size: int = Field(8, ge=1, description="Command connections per process on the Redis broker.")
     redis_prefix: str = Field(
         "ssehub", description="Key prefix (and Cluster hash tag) of the Redis broker; hubs and publishers must agree."
@@ -152,9 +188,15 @@ class Settings(BaseSettings):
         """
         return init_settings, env_settings, dotenv_settings, file_secret_settings
 
-    _split = field_validator("channels", "default_channels", "public_channels", "jwt_algorithms", mode="before")(
-        _split_csv
-    )
+    _split = field_validator(
+        "channels",
+        "default_channels",
+        "public_channels",
+        "jwt_algorithms",
+        "allowed_origins",
+        "trusted_proxies",
+        mode="before",
+    )(_split_csv)
 
     @field_validator("api_keys")
     @classmethod
@@ -200,6 +242,29 @@ class Settings(BaseSettings):
         if self.jwt_public_key_file and self.jwt_jwks_url:
             raise ValueError("set jwt_public_key_file or jwt_jwks_url, not both")
         return self
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            # Browsers send the serialized origin: lowercase scheme and host, no path, default port left out.
+            # Exact comparison is the rule, so a value that can never match is a configuration error.
+            if _ORIGIN.fullmatch(origin) is None:
+                raise ValueError(
+                    f"allowed_origins: {origin!r} is not an exact origin like https://app.example.com or "
+                    "http://localhost:3000 (lowercase, no path, no trailing slash, no wildcard)"
+                )
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {entry!r} is not an IP address or CIDR network") from None
+        return value
 
     @field_validator("prefix")
     @classmethod

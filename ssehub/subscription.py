@@ -8,6 +8,7 @@ value without looking at the others.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 _FILTER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _MAX_FILTERS = 8
 _MAX_FILTER_VALUE = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MISSING = object()
 
 
@@ -56,6 +58,9 @@ def validate_filters(filters: Mapping[str, str]) -> dict[str, str]:
             )
         if len(value) > _MAX_FILTER_VALUE:
             raise InvalidValueError(f"filter {name!r} is longer than {_MAX_FILTER_VALUE} characters", "INVALID_FILTER")
+        if _CONTROL.search(value) is not None:
+            # No data field a filter could match holds these in practice; refusing them keeps logs one line.
+            raise InvalidValueError(f"filter {name!r} contains a control character (CR, LF, NUL...)", "INVALID_FILTER")
     return dict(filters)
 
 
@@ -126,22 +131,39 @@ class Subscription:
         pending = self.pending or []
         self.pending = None
         cutoff = self.cutoff
+        newer = False
         for event in pending:
             if not cutoff.covers(event):
                 connection.push(event.frame, event.chunk)
-        # No await since the last held event: the next live event goes straight to the connection.
-        if self._on_live is not None and not connection.closed:
-            self._on_live(self)
+                newer = True
+        # A live notification can lag behind the history read (it comes over the broker's pub/sub connection,
+        # the read over a command connection): until the live stream has passed the cutoff, an event the
+        # backlog already wrote may still arrive. So the subscription goes live (no more checks) only once a
+        # live event newer than the cutoff was seen; until then ``hold`` drops what the cutoff covers.
+        if newer and self._on_live is not None and not connection.closed:
+            on_live, self._on_live = self._on_live, None
+            on_live(self)
 
     def accepts(self, fields: Mapping[str, Any]) -> bool:
         """Whether an event with these data fields passes every filter."""
         return all(filter_key(fields.get(name, MISSING)) == value for name, value in self.filters.items())
 
     def hold(self, event: Event) -> None:
-        """Keep a live event aside while catching up, within the connection's buffer bound."""
+        """Keep a live event aside while catching up, within the connection's buffer bound.
+
+        Once caught up (``pending`` is None) but not yet live, write the event unless the cutoff covers it (a
+        late notification of an event the backlog wrote); the first newer one makes the subscription live.
+        """
         pending = self.pending
         if pending is None:
+            if self.cutoff.covers(event):
+                return
             self.connection.push(event.frame, event.chunk)
+            on_live = self._on_live
+            if on_live is not None and not self.connection.closed:
+                # Not now: the hub is iterating over the index that promotion changes.
+                self._on_live = None
+                asyncio.get_running_loop().call_soon(on_live, self)
             return
         pending.append(event)
         self.pending_bytes += len(event.frame)

@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from ssehub import Hub, Settings, create_api, create_app
+from ssehub.guard import uvicorn_options
 from ssehub.testing import running_server
 
 
@@ -36,6 +37,9 @@ def anyio_backend() -> str:
 def make_settings(**overrides: Any) -> Settings:
     """Test settings: no .env file, short intervals unless a test says otherwise."""
     values: dict[str, Any] = {"heartbeat_interval": 30.0, "connection_timeout": 300.0, "broker_url": "memory://"}
+    # Per-client limits off: tests open hundreds of streams and publish thousands of events from one address.
+    # tests/test_client_limits.py (and any test about them) turns them on explicitly.
+    values.update(max_streams_per_client=0, max_streams_per_identity=0, publish_rate=0)
     values.update(overrides)
     return Settings(_env_file=None, **values)
 
@@ -74,7 +78,8 @@ def start_server(writer: str) -> Iterator[ServerFactory]:
             settings = make_settings(**overrides)
             hub = Hub(settings)
             app = create_app(hub=hub) if writer == "direct" else mounted_app(hub)
-            base_url = stack.enter_context(running_server(app))
+            # The server options `ssehub serve` uses (head guard, proxy trust), so tests see what users run.
+            base_url = stack.enter_context(running_server(app, **uvicorn_options(settings)))
             return Server(base_url, base_url + settings.prefix, hub)
 
         yield start

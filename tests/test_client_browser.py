@@ -17,11 +17,12 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, StreamingResponse
+from starlette.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Mount, Route
 
 from ssehub import Hub, create_api, encode
 from ssehub.testing import open_stream, running_server
+from tests.auth_helpers import KEY_PUBLISH, SECRET, token
 from tests.conftest import make_settings
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _need_chromium
 
@@ -36,7 +37,10 @@ window.states = [];
 window.resets = [];
 const params = new URLSearchParams(location.search);
 const channels = params.get("channels") || "download:updates";
+// `?token=fetch`: a fresh token from the page's own /token before every connect; any other value as it is.
+const token = params.get("token") === "fetch" ? async () => (await fetch("/token")).text() : params.get("token");
 const client = new SSEHubClient(params.get("url") || `/events/stream?channels=${channels}`, {
+  token: token ?? undefined,
   storage: sessionStorage,
   initialRetryDelay: 300,
   maxRetryDelay: 2000,
@@ -68,7 +72,12 @@ def page_server() -> Iterator[PageServer]:
             async def page(request: Request) -> HTMLResponse:
                 return HTMLResponse(PAGE)
 
-            routes = [Route("/", page), Route("/stalled", _stalled), Mount("/events", create_api(hub))]
+            routes = [
+                Route("/", page),
+                Route("/stalled", _stalled),
+                Route("/token", _token),
+                Mount("/events", create_api(hub)),
+            ]
             app = Starlette(routes=routes, lifespan=lifespan)
             return stack.enter_context(running_server(app))
 
@@ -90,6 +99,16 @@ async def _stalled(request: Request) -> StreamingResponse:
         await asyncio.sleep(5.0)  # silent, longer than the client's 2 s watchdog; bounded so teardown is quick
 
     return StreamingResponse(body(), media_type="text/event-stream")
+
+
+#: Tokens /token handed out, in order.
+ISSUED_TOKENS: list[str] = []
+
+
+async def _token(request: Request) -> PlainTextResponse:
+    """The application's token endpoint: a JWT for alice that expires in 4 to 5 seconds (whole-second exp)."""
+    ISSUED_TOKENS.append(token(sub="alice", exp_in=5))
+    return PlainTextResponse(ISSUED_TOKENS[-1])
 
 
 @contextlib.asynccontextmanager
@@ -117,10 +136,11 @@ async def _wait(page: Any, expression: str, timeout: float = 10.0) -> Any:
     return value
 
 
-async def _publish(client: httpx.AsyncClient, base: str, n: int) -> str:
+async def _publish(client: httpx.AsyncClient, base: str, n: int, channel: str = "download:updates") -> str:
     response = await client.post(
         f"{base}/events/publish",
-        json={"channel": "download:updates", "event": "download_progress", "data": {"download_id": 1, "n": n}},
+        json={"channel": channel, "event": "download_progress", "data": {"download_id": 1, "n": n}},
+        headers={"Authorization": f"Bearer {KEY_PUBLISH}"},
     )
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
@@ -211,3 +231,44 @@ async def test_silent_stream_is_replaced_by_the_watchdog(page_server: PageServer
         await _wait(page, "states.some(s => s.code === 'HEARTBEAT_TIMEOUT')", timeout=10.0)
         await _wait(page, "states.filter(s => s.state === 'open').length >= 2", timeout=10.0)
     assert STALLED_REQUESTS[:2] == [None, "1-0"]
+
+
+#: Tokens signed with SECRET are required to subscribe; the publisher uses an API key.
+AUTH_SETTINGS: dict[str, Any] = {
+    "jwt_secret": SECRET,
+    "jwt_leeway": 0,
+    "api_keys": [{"key": KEY_PUBLISH, "scopes": ["publish"], "channels": ["user:*"], "name": "backend"}],
+}
+
+
+async def test_expired_token_is_replaced_by_a_fresh_one(page_server: PageServer, client: httpx.AsyncClient) -> None:
+    """When the hub ends a stream whose token expired, the client fetches a fresh token and resumes, losing nothing."""
+    base = page_server(**AUTH_SETTINGS)
+    ISSUED_TOKENS.clear()
+    async with browser_page() as page:
+        await page.goto(base + "/?channels=user:alice&token=fetch")
+        await _wait(page, "states.some(s => s.state === 'open')")
+        published = []
+        for n in range(40):  # about 8 s: across at least one token lifetime
+            published.append(await _publish(client, base, n, "user:alice"))
+            await asyncio.sleep(0.2)
+        await _wait(page, "log.length >= 40", timeout=15.0)
+        await asyncio.sleep(0.3)
+        log = await page.evaluate("log")
+        states = await page.evaluate("states")
+    assert [entry["id"] for entry in log] == published
+    assert len(ISSUED_TOKENS) >= 2
+    assert len([s for s in states if s["state"] == "open"]) >= 2
+    assert not [s for s in states if s["state"] == "closed"]
+
+
+async def test_refused_token_ends_the_client(page_server: PageServer) -> None:
+    """A token the hub refuses (401) ends the client in state closed with the status, with no retry loop."""
+    base = page_server(**AUTH_SETTINGS)
+    async with browser_page() as page:
+        await page.goto(base + "/?channels=user:alice&token=not-a-jwt")
+        closed = await _wait(page, "states.find(s => s.state === 'closed')")
+        await asyncio.sleep(1.0)
+        states = await page.evaluate("states")
+    assert closed["status"] == 401
+    assert [s["state"] for s in states] == ["connecting", "reconnecting", "closed"]

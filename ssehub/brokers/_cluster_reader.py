@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ssehub.brokers.cluster")
 
+#: The message types of pub/sub traffic; any other reply on the connection is a PONG.
+_PUBSUB_TYPES = frozenset(
+    {"message", "smessage", "pmessage", "subscribe", "ssubscribe", "psubscribe", "unsubscribe", "sunsubscribe"}
+)
 #: Events read per page when catching up after a reconnect.
 CATCH_UP_PAGE = 1000
 #: Seconds before the first reconnection attempt; doubled per failure up to the broker's maximum.
@@ -50,6 +54,12 @@ class ShardReader:
         self._channels: set[str] = set()
         self._confirm: dict[str, asyncio.Future[None]] = {}
         self._adopting: set[asyncio.Task[None]] = set()
+        # PINGs sent and PONGs received on the current connection: Redis answers PINGs in order, after the
+        # messages queued before each, so a barrier waits for the PONG of its own PING by number.
+        self._pings = 0
+        self._pongs = 0
+        self._ping_lock = asyncio.Lock()
+        self._barriers: list[tuple[int, asyncio.Future[None]]] = []
         self._task = asyncio.create_task(self._run(), name=f"ssehub-cluster-reader-{anchor}")
 
     def adopt(self, channel: str) -> None:
@@ -65,6 +75,28 @@ class ShardReader:
         self._adopting.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.info("subscribing a moved channel failed (%s); the next reconnection retries", task.exception())
+
+    async def barrier(self) -> None:
+        """Return once every notification this shard sent before now has been handed over (bounded wait).
+
+        A PING on the pub/sub connection is answered after the messages queued before it. If the connection is
+        down, waiting for it to come back is enough: a reconnection catches up from history before it is up.
+        """
+        broker = self.broker
+        try:
+            async with asyncio.timeout(broker._connect_timeout + broker._socket_timeout):
+                await self.up.wait()
+                pubsub = self._pubsub
+                if pubsub is None:
+                    return
+                number = await self._ping(pubsub)
+                if self._pongs >= number:
+                    return
+                future = asyncio.get_running_loop().create_future()
+                self._barriers.append((number, future))
+                await asyncio.shield(future)
+        except TimeoutError:
+            logger.warning("shard %s: no answer to a delivery barrier in time", self.anchor)
 
     async def stop(self, timeout: float) -> None:
         for task in list(self._adopting):
@@ -124,6 +156,27 @@ class ShardReader:
                 future.set_exception(error)
                 future.exception()  # retrieved, so an unawaited failure is not logged as lost
         self._confirm.clear()
+        for _, waiter in self._barriers:
+            if not waiter.done():
+                waiter.set_result(None)  # the reconnection catches up from history before it is up again
+        self._barriers.clear()
+
+    async def _ping(self, pubsub: PubSub) -> int:
+        """Send a PING; return its number on this connection (one at a time, so numbers follow wire order)."""
+        async with self._ping_lock:
+            self._pings += 1
+            number = self._pings
+            await pubsub.ping()
+            return number
+
+    def _on_pong(self) -> None:
+        self._pongs += 1
+        if self._barriers:
+            done = [entry for entry in self._barriers if entry[0] <= self._pongs]
+            for entry in done:
+                self._barriers.remove(entry)
+                if not entry[1].done():
+                    entry[1].set_result(None)
 
     async def _run(self) -> None:
         from redis.exceptions import RedisError
@@ -138,6 +191,7 @@ class ShardReader:
                 if shard is None:
                     raise BrokerUnavailableError(f"no master of the shard named {self.anchor}")
                 client = make_shard_client(broker._target, shard, broker._client_options)
+                self._pings = self._pongs = 0
                 pubsub = client.pubsub()
                 backlog = await self._open(pubsub)
                 self._pubsub = pubsub
@@ -244,8 +298,12 @@ class ShardReader:
         while True:
             message = await pubsub.get_message(timeout=interval)
             if message is not None:
-                if message["type"] == "pong":
+                if message["type"] not in _PUBSUB_TYPES:
+                    # A PONG. redis-py with decode_responses=True does not recognise the subscribed-mode PING
+                    # reply (it reports the reply text's letters as type, channel and data): anything that is
+                    # not a pub/sub message or (un)subscription confirmation is a PONG.
                     ping_sent = None
+                    self._on_pong()
                 else:
                     self._handle(message)
                 continue
@@ -254,7 +312,7 @@ class ShardReader:
                 raise TimeoutError("no PONG on the shard's pub/sub connection")
             if ping_sent is None:
                 ping_sent = time.monotonic()
-                await pubsub.ping()
+                await self._ping(pubsub)
 
     def _handle(self, message: dict[str, Any]) -> None:
         broker = self.broker

@@ -430,11 +430,26 @@ class ClusterBroker(Broker):
         # Any interleaving that keeps each shard's order is exact; merging by id reads naturally.
         merged = lists[0] if len(lists) == 1 else list(heapq.merge(*lists, key=lambda e: (e.id, e.shard)))
         events = merged[:limit]
+        await self._live_reaches(events)
         running = dict(after.items())
         for event in events:
             running[event.shard] = event.id
             event.position = encode_vector(running)
         return Replay(list[Event](events), after.merged(heads), expired)
+
+    async def _live_reaches(self, events: Sequence[ShardEvent]) -> None:
+        """Wait until live delivery has passed the last of ``events`` on each of their shards.
+
+        A live notification can lag behind a history read (it travels on the shard's pub/sub connection, the
+        read on a command connection). A PING on the pub/sub connection, sent after the read, is answered
+        after every notification the shard queued for us before it: once its PONG is in, every later live
+        event of the stream's channels is newer than the read, on every shard at once, so the subscription
+        may go live at its first newer event (see ``Subscription.hold``).
+        """
+        shards = {event.shard for event in events}
+        readers = [self._readers[anchor] for anchor in shards if anchor in self._readers]
+        if readers:
+            await asyncio.gather(*(reader.barrier() for reader in readers))
 
     async def head(self) -> EventId:
         """The greatest head over all shards (ids of different shards are only comparable as times).

@@ -406,7 +406,8 @@ export class SSEHubClient {
       source = new this.#EventSource(url, { withCredentials: this.#withCredentials });
     } catch (cause) {
       // A URL the page may not open (a SecurityError under a Content-Security-Policy): retrying cannot help.
-      this.#giveUp(new SSEHubError(`cannot open an EventSource on ${url}`, { code: "EVENTSOURCE_ERROR", cause }));
+      // The message leaves out the URL: it may carry a token, and apps log error messages.
+      this.#giveUp(new SSEHubError("the browser refused to open the stream", { code: "EVENTSOURCE_ERROR", cause }));
       return;
     }
     this.#source = source;

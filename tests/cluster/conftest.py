@@ -77,7 +77,8 @@ async def make_cluster_broker(redis_cluster: LocalCluster, prefix: str) -> Async
 
     async def make(**options: Any) -> Harness:
         options.setdefault("prefix", prefix)
-        broker = ClusterBroker(redis_cluster.url, socket_timeout=3.0, connect_timeout=3.0, **options)
+        options.setdefault("socket_timeout", 3.0)
+        broker = ClusterBroker(redis_cluster.url, connect_timeout=3.0, **options)
         harness = Harness(broker)
         await broker.start(harness.deliver)
         harnesses.append(harness)

@@ -193,3 +193,16 @@ async def test_stop_ends_delivery_and_tasks(make_cluster_broker: MakeClusterBrok
     await harness.wait_for(1)
     await broker.stop()
     assert [t for t in asyncio.all_tasks() if "ssehub-cluster" in t.get_name() and not t.done()] == []
+
+
+async def test_idle_shard_connections_answer_pings_and_stay_up(
+    make_cluster_broker: MakeClusterBroker, prefix: str
+) -> None:
+    """An idle shard connection is probed with PING and its PONG recognised: no reconnection over many probes."""
+    harness = await make_cluster_broker(ping_interval=0.1, socket_timeout=1.0)
+    broker = harness.broker
+    await broker.subscribe(channels_per_shard(prefix, 1)[0][0])
+    await asyncio.sleep(2.5)
+    shards = broker.status().details["shards"]
+    assert [shard["reconnects"] for shard in shards.values()] == [0, 0, 0]
+    assert all(shard["connected"] for shard in shards.values())

@@ -68,9 +68,9 @@ class Client:
 async def test_a_killed_master_is_replaced_and_streams_miss_nothing(
     cluster_with_replicas: LocalCluster, start_hubs: Callable[..., list[HubProcess]]
 ) -> None:
-    """Kill the master of one shard (by PID) while events flow on three shards: its replica takes over; every
-    acknowledged event reaches every stream once, in order per channel, and a stream sees a reset only if
-    acknowledged events were really lost (not replicated before the kill)."""
+    """Kill the master of one shard (by PID) while events flow on three shards: its replica takes over; streams
+    on the other shards still open meanwhile; every acknowledged event reaches every stream once, in order per
+    channel, and a stream sees a reset only if acknowledged events were really lost (not replicated)."""
     cluster = cluster_with_replicas
     subscriber_hub, publisher_hub = start_hubs(cluster.url, 2, "fo")
     names = [group[0] for group in channels_per_shard("fo", 1)]
@@ -106,6 +106,11 @@ async def test_a_killed_master_is_replaced_and_streams_miss_nothing(
                 if killed_at is None and counter >= 30:
                     cluster.node(victim_port).kill()
                     killed_at = time.monotonic()
+                    # While that shard fails over, a new stream on a channel of another shard still opens.
+                    url = subscriber_hub.api + f"/stream?channels={names[0]}"
+                    async with open_stream(http, url, timeout=20) as other:
+                        assert other.response.status_code == 200
+                        assert (await other.next_event(15)).event == "connected"
                 await asyncio.sleep(0.05 if killed_at is None or recovered else 0.2)
             assert recovered >= 15, "publishing on the failed shard did not recover within 60 s"
             new_master = cluster.master_of_slot(THREE_SHARDS[1][0])

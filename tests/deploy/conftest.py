@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from ssehub import Hub, create_app
-from ssehub.testing import SSEMessage, open_stream, running_server
+from ssehub.testing import SSEMessage, free_port, open_stream, running_server
 from tests.conftest import make_settings
 from tests.deploy.proxies import KINDS, LAYOUTS, Proxy, TLSFiles, make_test_ca, start_caddy, start_nginx
 from tests.deploy.upstream import PAGE, with_echo
@@ -32,9 +32,11 @@ PREFIX = "/api/v1/events"
 HEARTBEAT = 0.5
 #: The proxies' upstream read timeout in these tests, seconds (shipped: 90 s).
 READ_TIMEOUT = 2
-SHORT_READ_TIMEOUT = {
-    "nginx": ("proxy_read_timeout 90s;", f"proxy_read_timeout {READ_TIMEOUT}s;"),
-    "caddy": ("read_timeout 90s", f"read_timeout {READ_TIMEOUT}s"),
+#: The edits that shorten it. Caddy applies its read_timeout to idle pooled upstream connections too (its reads
+#: wait for the next response), so its keepalive stays below the read timeout, as in the shipped file (4 s < 90 s).
+SHORT_READ_TIMEOUT: dict[str, tuple[tuple[str, str], ...]] = {
+    "nginx": (("proxy_read_timeout 90s;", f"proxy_read_timeout {READ_TIMEOUT}s;"),),
+    "caddy": (("read_timeout 90s", f"read_timeout {READ_TIMEOUT}s"), ("keepalive 4s", "keepalive 1s")),
 }
 
 
@@ -76,16 +78,54 @@ def _upstream(heartbeat: float, **settings: Any) -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="package")
-def upstream() -> Iterator[Upstream]:
-    """The hub every proxy forwards to, heartbeats every 0.5 s."""
-    with _upstream(HEARTBEAT) as served:
+def page_port() -> int:
+    """The HTTPS port of :func:`page_host`, chosen first: its origin is configured in the hub."""
+    return free_port()
+
+
+@pytest.fixture(scope="package")
+def page_origin(page_port: int) -> str:
+    """The origin of the page that streams cross-origin from the API host (allowed by the hub)."""
+    return f"https://localhost:{page_port}"
+
+
+@pytest.fixture(scope="package")
+def upstream(page_origin: str) -> Iterator[Upstream]:
+    """The hub every proxy forwards to: heartbeats every 0.5 s, ``page_origin`` allowed for CORS."""
+    with _upstream(HEARTBEAT, allowed_origins=[page_origin]) as served:
         yield served
+
+
+@pytest.fixture(scope="package")
+def page_host(
+    tmp_path_factory: pytest.TempPathFactory, page_port: int, upstream: Upstream, tls_files: TLSFiles, site_root: Path
+) -> Iterator[Proxy]:
+    """Where the cross-origin page lives: nginx's one-origin file on ``page_port`` (its API is not used)."""
+    proxy = start_nginx(
+        tmp_path_factory.mktemp("page-host"),
+        "same-origin",
+        upstream.address,
+        tls_files,
+        site_root,
+        https_port=page_port,
+    )
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
 
 
 @pytest.fixture(scope="package")
 def quiet_upstream() -> Iterator[Upstream]:
     """A hub whose heartbeats (every 30 s) are slower than the proxies' read timeout: the negative control."""
     with _upstream(30.0) as served:
+        yield served
+
+
+@pytest.fixture(scope="package")
+def brief_upstream() -> Iterator[Upstream]:
+    """A hub whose streams end after 1.5 s, so that browsers reconnect (and resume) through the proxies."""
+    with _upstream(HEARTBEAT, connection_timeout=1.5) as served:
         yield served
 
 
@@ -127,7 +167,7 @@ def proxies(
 
     def get(kind: str, layout: str, *, edits: Sequence[tuple[str, str]] = (), to: Upstream | None = None) -> Proxy:
         target = to or upstream
-        all_edits = (SHORT_READ_TIMEOUT[kind], *edits)
+        all_edits = (*SHORT_READ_TIMEOUT[kind], *edits)
         key = (kind, layout, all_edits, target.address)
         if key not in running:
             directory = tmp_path_factory.mktemp(f"{kind}-{layout}")

@@ -273,11 +273,15 @@ def start_nginx(
     tls: TLSFiles,
     site_root: Path,
     edits: Sequence[tuple[str, str]] = (),
+    https_port: int | None = None,
 ) -> Proxy:
-    """Start nginx from ``deploy/nginx/<layout>.conf.template`` in front of ``upstream`` (host:port)."""
+    """Start nginx from ``deploy/nginx/<layout>.conf.template`` in front of ``upstream`` (host:port).
+
+    ``https_port`` fixes the HTTPS port (an origin known in advance); a free one is picked otherwise.
+    """
     binary = require_binary("nginx")
     directory.mkdir(parents=True, exist_ok=True)
-    http_port, https_port = free_port(), free_port()
+    http_port, https_port = free_port(), https_port or free_port()
     values = {
         "SSEHUB_UPSTREAM": upstream,
         "SERVER_NAME": "localhost",

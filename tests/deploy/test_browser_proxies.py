@@ -2,7 +2,9 @@
 
 The page opens eight EventSources at once. Over HTTP/1.1 a browser allows six connections per origin, so two
 would wait; over HTTP/2 all eight share one connection. The control loads the same page from the hub directly
-(HTTP/1.1) and sees exactly six open.
+(HTTP/1.1) and sees exactly six open. A stream that ssehub ends is reopened by Chromium through the proxy with
+Last-Event-ID, and resumes with nothing missed. Across origins (the API-host layout), a page on the allowed
+origin streams with credentials; a page elsewhere gets nothing.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.deploy.conftest import Upstream, publish
-from tests.deploy.proxies import Proxy
+from tests.deploy.conftest import PREFIX, ProxyFactory, Upstream, publish
+from tests.deploy.proxies import KINDS, Proxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.proxy, pytest.mark.browser]
 
@@ -76,6 +78,55 @@ async def test_chromium_eventsources_over_http2_through_proxy(
     assert {note["id"] for note in notes} == {event_id}
     assert all(note["data"] == {"hello": proxy.kind} for note in notes)
     assert await page.evaluate("window.errors") == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_chromium_reconnects_through_proxy_and_resumes(
+    kind: str, proxies: ProxyFactory, brief_upstream: Upstream, direct: httpx.AsyncClient, browser: Any
+) -> None:
+    """When ssehub ends a stream, Chromium reconnects through the proxy with Last-Event-ID and misses nothing."""
+    proxy = proxies(kind, "same-origin", to=brief_upstream)
+    channel = f"proxy.{kind}:reconnect"
+    page = await browser.new_page()
+    await page.goto(f"{proxy.https_url}/?streams=1&channel={channel}")
+    await _wait(page, "log.some(e => e.type === 'connected')")
+    live = [await publish(direct, brief_upstream.api, channel, {"n": n}) for n in range(2)]
+    await _wait(page, "log.filter(e => e.type === 'note').length >= 2")
+    # ssehub ends the stream (connection_timeout 1.5 s); the browser reports an error and reconnects after
+    # `retry` (500 ms) with Last-Event-ID. Publish inside that gap.
+    await _wait(page, "window.errors >= 1")
+    missed = [await publish(direct, brief_upstream.api, channel, {"n": n}) for n in range(2, 4)]
+    await _wait(page, "log.filter(e => e.type === 'note').length >= 4")
+    log = await page.evaluate("log")
+    notes = [entry for entry in log if entry["type"] == "note"]
+    assert [entry["id"] for entry in notes[:4]] == live + missed
+    assert [entry["data"]["n"] for entry in notes[:4]] == [0, 1, 2, 3]
+    connects = [entry["data"] for entry in log if entry["type"] == "connected"]
+    assert connects[0]["resumed"] is False
+    assert connects[1]["resumed"] is True
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_chromium_streams_cross_origin_through_the_api_host(
+    kind: str, page_host: Proxy, proxies: ProxyFactory, upstream: Upstream, direct: httpx.AsyncClient, browser: Any
+) -> None:
+    """A page on the allowed origin streams with credentials from the API host over HTTP/2; another origin cannot."""
+    api = proxies(kind, "api-host")
+    channel = f"proxy.{kind}:cross-origin"
+    query = f"streams={STREAMS}&credentials=1&channel={channel}&api={api.https_url}{PREFIX}"
+    allowed = await browser.new_page()
+    await allowed.goto(f"{page_host.https_url}/?{query}")
+    await _wait(allowed, f"{CONNECTED} === {STREAMS}")
+    # The same page on another origin (the other one-origin proxy): the browser refuses ssehub's answer.
+    other = await browser.new_page()
+    await other.goto(f"{proxies('nginx', 'same-origin').https_url}/?{query}")
+    await _wait(other, f"window.errors >= {STREAMS}")
+    event_id = await publish(direct, upstream.api, channel, {"cross": kind})
+    await _wait(allowed, f"log.filter(e => e.type === 'note').length === {STREAMS}")
+    notes = await allowed.evaluate("log.filter(e => e.type === 'note')")
+    assert {note["id"] for note in notes} == {event_id}
+    assert await allowed.evaluate("window.errors") == 0
+    assert await other.evaluate("log.length") == 0
 
 
 async def test_chromium_over_http11_opens_only_six(upstream: Upstream, browser: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import inspect
 import os
 import re
 import shlex
@@ -13,10 +14,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 
 from ssehub.settings import Settings
 from ssehub.testing import free_port
-from tests.deploy.proxies import DEPLOY, LAYOUTS, NGINX_PLACEHOLDERS
+from tests.deploy.proxies import DEPLOY, LAYOUTS, NGINX_PLACEHOLDERS, require_binary
 
 pytestmark = [pytest.mark.proxy]
 
@@ -136,3 +138,26 @@ def test_nginx_placeholders_are_the_documented_ones() -> None:
         assert used <= set(NGINX_PLACEHOLDERS), sorted(used - set(NGINX_PLACEHOLDERS))
         for name in used:
             assert f"`{name}`" in docs, f"docs/deployment.md does not explain {name}"
+
+
+def test_caddyfiles_are_in_caddy_fmt_form() -> None:
+    """The Caddyfiles are as `caddy fmt` writes them (Caddy warns at every start otherwise)."""
+    caddy = require_binary("caddy")
+    for layout in LAYOUTS:
+        path = DEPLOY / "caddy" / f"{layout}.Caddyfile"
+        formatted = subprocess.run([caddy, "fmt", str(path)], capture_output=True, text=True, timeout=30, check=True)
+        assert formatted.stdout == path.read_text(), f"run: caddy fmt --overwrite {path}"
+
+
+def test_idle_upstream_connections_close_first() -> None:
+    """The proxies drop idle upstream connections before uvicorn does, and (Caddy) before its read timeout fires."""
+    uvicorn_keep_alive = inspect.signature(uvicorn.Config).parameters["timeout_keep_alive"].default
+    for layout in LAYOUTS:
+        nginx = (DEPLOY / "nginx" / f"{layout}.conf.template").read_text()
+        (nginx_idle,) = re.findall(r"^\s*keepalive_timeout\s+(\S+);", nginx, re.MULTILINE)
+        assert _seconds(nginx_idle) < uvicorn_keep_alive, layout
+        caddy = (DEPLOY / "caddy" / f"{layout}.Caddyfile").read_text()
+        (caddy_idle,) = re.findall(r"^\s*keepalive\s+(\S+)", caddy, re.MULTILINE)
+        (caddy_read,) = re.findall(r"^\s*read_timeout\s+(\S+)", caddy, re.MULTILINE)
+        # A request put on a pooled connection whose read deadline runs out at that moment fails with a 504.
+        assert _seconds(caddy_idle) < min(uvicorn_keep_alive, _seconds(caddy_read)), layout

@@ -50,3 +50,16 @@ async def test_nginx_cuts_a_stream_whose_heartbeats_are_too_slow(
         with pytest.raises((EOFError, httpx.RemoteProtocolError, httpx.ReadError)):
             await stream.next(timeout=READ_TIMEOUT + 5)
         assert time.monotonic() - started >= READ_TIMEOUT - 0.5
+
+
+async def test_x_accel_buffering_alone_keeps_nginx_unbuffered(
+    proxies: ProxyFactory, upstream: Upstream, direct: httpx.AsyncClient
+) -> None:
+    """With proxy_buffering on but the header honoured, ssehub's `X-Accel-Buffering: no` alone keeps events flowing."""
+    proxy = proxies("nginx", "same-origin", edits=[("proxy_buffering off;", "proxy_buffering on;")])
+    channel = "proxy.nginx.accel:events"
+    url = f"{proxy.https_url}{PREFIX}/stream?channels={channel}"
+    async with proxy_client(proxy) as client, open_stream(client, url) as stream:
+        assert (await stream.next(timeout=1.0)).event == "connected"
+        event_id = await publish(direct, upstream.api, channel, {"via": "x-accel-buffering"})
+        assert (await stream.next_event(timeout=1.0)).id == event_id

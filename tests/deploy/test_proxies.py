@@ -19,8 +19,17 @@ import httpx
 import pytest
 
 from ssehub.testing import open_stream
-from tests.deploy.conftest import HEARTBEAT, PREFIX, READ_TIMEOUT, Upstream, proxy_client, publish
-from tests.deploy.proxies import Proxy
+from tests.deploy.conftest import (
+    HEARTBEAT,
+    PREFIX,
+    READ_TIMEOUT,
+    ProxyFactory,
+    Upstream,
+    proxy_client,
+    publish,
+    tls_context,
+)
+from tests.deploy.proxies import KINDS, Proxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.proxy]
 
@@ -172,6 +181,15 @@ async def test_request_bodies_stream_to_the_upstream(proxy: Proxy, upstream: Ups
     assert arrived == [True], "the upstream saw no part of the body before it was complete"
 
 
+async def test_only_the_api_is_forwarded(proxy: Proxy, upstream: Upstream, direct: httpx.AsyncClient) -> None:
+    """The hub's root paths (/metrics) are not reachable through the proxy: only the API prefix is forwarded."""
+    assert (await direct.get(f"{upstream.url}/metrics")).text == "upstream root path"
+    async with proxy_client(proxy) as client:
+        response = await client.get(f"{proxy.https_url}/metrics")
+    assert response.status_code == 404
+    assert "upstream root path" not in response.text
+
+
 async def test_plain_http_redirects_to_https(proxy: Proxy) -> None:
     """Plain HTTP answers only with a redirect to https, so a page never mixes http streams into https."""
     async with httpx.AsyncClient(timeout=5.0) as client:
@@ -237,3 +255,64 @@ async def test_cors_preflight_passes_through(api_host_proxy: Proxy) -> None:
     assert response.headers.get_list("access-control-allow-origin") == [origin]
     assert response.headers.get_list("access-control-allow-credentials") == ["true"]
     assert "Origin" in response.headers.get("vary", "")
+
+
+#: The header timeout lines of the shipped files and the 1 s the slow-client test uses instead.
+SHORT_HEADER_TIMEOUT = {
+    "nginx": ("client_header_timeout 10s;", "client_header_timeout 1s;"),
+    "caddy": ("read_header 10s", "read_header 1s"),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_client_trickling_its_headers_is_dropped(kind: str, proxies: ProxyFactory) -> None:
+    """A client that never finishes its request headers is disconnected after the header timeout (here 1 s)."""
+    proxy = proxies(kind, "same-origin", edits=[SHORT_HEADER_TIMEOUT[kind]])
+    context = tls_context(proxy)
+    port = int(proxy.https_url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost")
+    try:
+        writer.write(b"GET " + PREFIX.encode() + b"/health HTTP/1.1\r\nHost: localhost\r\n")  # no blank line
+        await writer.drain()
+        started = time.monotonic()
+        async with asyncio.timeout(8):
+            while await reader.read(4096):
+                pass  # a 408 answer may come first; the point is the connection's end
+        assert 0.5 <= time.monotonic() - started < 8
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+#: What a CORS answer consists of, besides its status and body.
+CORS_HEADERS = (
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-max-age",
+    "vary",
+    "content-type",
+)
+
+
+async def test_preflight_gets_ssehubs_own_answer(
+    api_host_proxy: Proxy, upstream: Upstream, direct: httpx.AsyncClient, page_origin: str
+) -> None:
+    """A CORS preflight for a stream gets through the API-host proxy exactly ssehub's own answer: 204, the origin."""
+    proxy = api_host_proxy
+    headers = {
+        "origin": page_origin,
+        "access-control-request-method": "GET",
+        "access-control-request-headers": "authorization, last-event-id",
+    }
+    expected = await direct.options(f"{upstream.api}/stream", headers=headers)
+    async with proxy_client(proxy) as client:
+        answer = await client.options(f"{proxy.https_url}{PREFIX}/stream", headers=headers)
+    assert expected.status_code == 204
+    assert expected.headers.get_list("access-control-allow-origin") == [page_origin]
+    assert answer.status_code == expected.status_code
+    assert answer.content == expected.content
+    for name in CORS_HEADERS:
+        assert answer.headers.get_list(name) == expected.headers.get_list(name), name

@@ -1,6 +1,7 @@
 """What the proxies forward to: the real ssehub app, plus one echo path that shows what reached the upstream.
 
-The page (``/``) is the browser test's page, served without a proxy for the HTTP/1.1 control.
+The page (``/``) is the browser test's page, served without a proxy for the HTTP/1.1 control; ``/metrics``
+stands for the hub's root paths, which the proxies must not expose.
 The echo (``{prefix}/_echo``, any method) answers with the request as the upstream received it: method, HTTP
 version, headers and the peer's port (the proxy's end of the upstream connection, so two requests on one port
 rode one kept-alive connection). It answers CORS-style headers too, so a test can see that the proxy hands an
@@ -28,7 +29,7 @@ const count = Number(params.get("streams") || "8");
 window.sources = [];
 for (let i = 0; i < count; i++) {
   const source = new EventSource(`${api}/stream?channels=${channel}`, {withCredentials: params.has("credentials")});
-  source.addEventListener("connected", (e) => log.push({stream: i, type: "connected"}));
+  source.addEventListener("connected", (e) => log.push({stream: i, type: "connected", data: JSON.parse(e.data)}));
   source.addEventListener("note", (e) => {
     log.push({stream: i, type: "note", id: e.lastEventId, data: JSON.parse(e.data)});
   });
@@ -51,6 +52,11 @@ def with_echo(app: ASGIApp, prefix: str, page: str, on_first_chunk: Callable[[st
             page_headers = [(b"content-type", b"text/html; charset=utf-8")]
             await send({"type": "http.response.start", "status": 200, "headers": page_headers})
             await send({"type": "http.response.body", "body": page.encode()})
+            return
+        if scope["type"] == "http" and scope["path"] == "/metrics":
+            # Stands for the hub's root paths (ssehub serves /metrics at its root, outside the API prefix).
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": b"upstream root path"})
             return
         if scope["type"] != "http" or scope["path"] != echo_path:
             await app(scope, receive, send)

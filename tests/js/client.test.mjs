@@ -691,9 +691,10 @@ describe("close and connect", () => {
         throw new Error("SecurityError: refused by Content-Security-Policy");
       }
     }
-    const { client, clock, states } = await setup({ EventSource: Forbidden });
+    const { client, clock, states } = await setup({ EventSource: Forbidden, token: "secret-token" });
     assert.equal(client.state, "closed");
     assert.equal(states.at(-1).error.code, "EVENTSOURCE_ERROR");
+    assert.doesNotMatch(states.at(-1).error.message, /secret-token/); // apps log messages; URLs carry tokens
     assert.equal(clock.timers.size, 0);
   });
 
