@@ -10,8 +10,9 @@ Body::
 
 Answer: 201 ``{"channel": "...", "ids": ["...", ...]}``, the ids in the order of the messages. Every message is
 validated before the first is published; then they are published in order, so a broker failure (503) may leave
-the first ones published. With credentials configured, the caller needs publish rights on the channel, as for
-``POST /publish`` (a token in a header: 401 without, 403 without the right).
+the first ones published. As for ``POST /publish``: with credentials configured the caller needs publish rights on
+the channel (a token in a header: 401 without, 403 without the right), the request counts against the publish
+rate limit, and the body is read within the hub's size and time limits.
 """
 
 from __future__ import annotations
