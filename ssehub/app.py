@@ -54,6 +54,7 @@ from ssehub.limits import (
     rate_key,
     read_body,
 )
+from ssehub.metrics import create_metrics
 from ssehub.settings import Settings
 
 logger = logging.getLogger("ssehub.app")
@@ -188,14 +189,14 @@ class StreamEndpoint:
         cors = self.cors.headers(scope)
         if not hub.settings.enable_sse:
             refusal = error_response(503, "SSE_DISABLED", "server-sent events are disabled (SSEHUB_ENABLE_SSE)")
-            await _refuse(refusal, cors, scope, receive, send)
+            await _refuse(hub, refusal, cors, scope, receive, send)
             return
         try:
             channels, filters, last_event_id = self._request_args(request)
             grant = await hub.auth.stream_grant(request, channels)  # the one auth check of this stream
             lease = self.limits.acquire(client_address(scope), identity_of(grant))
         except _HUB_ERRORS as exc:
-            await _refuse(_error_for(exc), cors, scope, receive, send)
+            await _refuse(hub, _error_for(exc), cors, scope, receive, send)
             return
         del request  # nothing of the request is needed while the stream lives
         try:
@@ -204,7 +205,7 @@ class StreamEndpoint:
                     channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope, grant=grant
                 )
             except _HUB_ERRORS as exc:
-                await _refuse(_error_for(exc), cors, scope, receive, send)
+                await _refuse(hub, _error_for(exc), cors, scope, receive, send)
                 return
             try:
                 headers = _STREAM_HEADERS + cors if cors else _STREAM_HEADERS
@@ -217,9 +218,11 @@ class StreamEndpoint:
 
 
 async def _refuse(
-    response: Response, cors: list[tuple[bytes, bytes]], scope: Scope, receive: Receive, send: Send
+    hub: Hub, response: JSONResponse, cors: list[tuple[bytes, bytes]], scope: Scope, receive: Receive, send: Send
 ) -> None:
-    """Send a stream endpoint's refusal with the request's CORS headers, so that a page can read the error."""
+    """Send a stream endpoint's refusal with the request's CORS headers, so that a page can read the error;
+    count it by its code (``ssehub_streams_refused_total``)."""
+    hub.stats.count_refusal(json.loads(bytes(response.body))["code"])
     response.raw_headers.extend(cors)
     await response(scope, receive, send)
 
@@ -375,24 +378,27 @@ class App:
         self.hub = hub
         self.api = API(hub)
         self._mount = Mount(hub.settings.prefix, app=self.api)
+        self.metrics = metrics = create_metrics(hub)  # at /metrics, outside the prefix a proxy forwards
+        # With an empty prefix the API's mount matches every path: /metrics must be looked for first.
+        self._metrics_path = "/metrics" if metrics is not None else None
 
         self.demo = demo = Demo(hub) if hub.settings.demo else None
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
-            async with hub, demo if demo is not None else contextlib.nullcontext():  # the demo stops first
+            # The demo stops first: it publishes through the hub.
+            async with hub, metrics or contextlib.nullcontext(), demo or contextlib.nullcontext():
                 yield
 
-        self._starlette = Starlette(
-            routes=[*(demo.routes if demo is not None else []), self._mount],
-            lifespan=lifespan,
-            exception_handlers=_EXCEPTION_HANDLERS,
-        )
+        routes: list[BaseRoute] = [*(demo.routes if demo is not None else []), self._mount]
+        if metrics is not None:
+            routes.insert(0, Route("/metrics", metrics, methods=["GET", "HEAD"]))
+        self._starlette = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_EXCEPTION_HANDLERS)
         self.state = self._starlette.state
         self.state.hub = hub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and scope["path"] != self._metrics_path:
             match, child_scope = self._mount.matches(scope)
             if match is Match.FULL:
                 scope.update(child_scope)
@@ -412,7 +418,7 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None) -> A
 
 
 def create_app_from_env() -> App:
-    """Factory for ``uvicorn --factory`` and worker processes: settings from the environment."""
+    """Factory for ``uvicorn --factory``: settings from the environment (ssehub's own workers get theirs passed)."""
     return create_app(Settings())
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import urllib.error
 import urllib.request
@@ -20,40 +19,19 @@ from ssehub.settings import Settings
 
 
 class _Server:
-    """Builds the uvicorn server lazily so that importing the CLI costs nothing."""
+    """Imports the server lazily so that importing the CLI costs nothing."""
 
     @staticmethod
-    def run(settings: Settings, workers: int) -> None:
-        import uvicorn
-
-        from ssehub.app import create_app
-        from ssehub.guard import uvicorn_options
-        from ssehub.redact import uvicorn_log_config
-
-        common = {
-            "host": settings.host,
-            "port": settings.port,
-            "log_level": settings.log_level,
-            "timeout_graceful_shutdown": 5,
-            "log_config": uvicorn_log_config(),  # the access log never shows a ?token= value
-            # Head timeout and size, lingering close, and proxy trust from SSEHUB_TRUSTED_PROXIES (one rule).
-            **uvicorn_options(settings),
-        }
+    def run(settings: Settings, workers: int) -> int:
         if workers > 1:
-            # Each worker builds its own app and hub from the environment; the broker connects them.
-            uvicorn.run("ssehub.app:create_app_from_env", factory=True, workers=workers, **common)
-            return
-        app = create_app(settings)
-        hub = app.state.hub
+            # ssehub's own supervisor: workers get these settings as an argument and end streams gracefully.
+            from ssehub._supervisor import Supervisor
 
-        class Server(uvicorn.Server):
-            async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-                # Streams never finish on their own: end them first so uvicorn's wait for requests is short
-                # and clients reconnect (to another node, or to this one when it is back) and resume.
-                hub.end_streams()
-                await super().shutdown(sockets)
+            return Supervisor(settings, workers).run()
+        from ssehub._server import serve
 
-        Server(uvicorn.Config(app, **common)).run()
+        serve(settings)
+        return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -81,14 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.host is not None or args.port is not None:
-        # Worker processes read the environment: pass the overrides on.
-        import os
-
-        os.environ["SSEHUB_HOST"] = settings.host
-        os.environ["SSEHUB_PORT"] = str(settings.port)
-    _Server.run(settings, args.workers)
-    return 0
+    return _Server.run(settings, args.workers)
 
 
 def _publish(args: argparse.Namespace) -> int:

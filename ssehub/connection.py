@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from ssehub import _uvicorn
 from ssehub._types import Receive, Scope, Send
@@ -74,10 +74,14 @@ class Connection:
         "_on_ready",
         "_started",
         "_writer",
+        "bytes_sent",
+        "client",
         "close_reason",
         "closed",
         "deadline",
+        "frames_sent",
         "id",
+        "opened_at",
     )
 
     def __init__(
@@ -101,6 +105,12 @@ class Connection:
         self._started = False
         self.closed = False
         self.close_reason: CloseReason | None = None
+        # Counted per write (one per flush, never per event) for metrics and the stream's log line; set by
+        # HubStats when the stream opens: loop time, and the ASGI client address.
+        self.frames_sent = 0
+        self.bytes_sent = 0
+        self.opened_at = 0.0
+        self.client: Any = None
 
     @property
     def writer(self) -> str:
@@ -150,7 +160,11 @@ class Connection:
     def take(self) -> bytes:
         """Everything queued, as one bytes object, removed from the buffer (writers call this)."""
         buffer = self._buffer
-        data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
+        count = len(buffer)
+        data = buffer[0] if count == 1 else b"".join(buffer)
+        # Once per write, never per event: a write carries every frame queued since the last one.
+        self.frames_sent += count
+        self.bytes_sent += len(data)
         buffer.clear()
         self._buffered = 0
         self.notify_drained()

@@ -13,6 +13,7 @@ them, whatever way the broker hands them over.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -23,14 +24,26 @@ MAX_DELAY = 0.025
 
 
 class Flusher:
-    """Collects ready connections and flushes them together (one per hub)."""
+    """Collects ready connections and flushes them together (one per hub).
 
-    __slots__ = ("_next_at", "_ready", "_scheduled")
+    Args:
+        sample: called after a flush with the id time (ms) of the oldest event it wrote (see :meth:`note`):
+            one publish-to-write latency sample per flush, never one per event or connection.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_next_at", "_oldest_ms", "_ready", "_sample", "_scheduled")
+
+    def __init__(self, sample: Callable[[int], None] | None = None) -> None:
         self._ready: list[Connection] = []
         self._scheduled = False
         self._next_at = 0.0
+        self._sample = sample
+        self._oldest_ms = 0
+
+    def note(self, event_ms: int) -> None:
+        """An event was fanned out: keep its id time if it is the first one the coming flush writes."""
+        if self._scheduled and not self._oldest_ms:
+            self._oldest_ms = event_ms
 
     def ready(self, connection: Connection) -> None:
         """``connection`` has frames queued: flush it with the others soon."""
@@ -53,3 +66,6 @@ class Flusher:
             connection.flush()
         ended = loop.time()
         self._next_at = ended + min(ended - started, MAX_DELAY)
+        oldest, self._oldest_ms = self._oldest_ms, 0
+        if oldest and self._sample is not None:
+            self._sample(oldest)

@@ -41,6 +41,7 @@ from ssehub.exceptions import (
 from ssehub.expiry import EarlyDeadlines, token_deadline
 from ssehub.flusher import Flusher
 from ssehub.settings import Settings
+from ssehub.stats import HubStats, OpenMode
 from ssehub.subscription import MISSING, ChannelIndex, Subscription, filter_key, validate_filters
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ class Hub:
     Args:
         settings: configuration; read from the environment when omitted.
         broker: the broker to use; built from ``settings.broker_url`` when omitted.
+
+    Attributes:
+        stats: the hub's counters (:class:`ssehub.stats.HubStats`), read by ``/metrics``.
     """
 
     def __init__(self, settings: Settings | None = None, *, broker: Broker | None = None) -> None:
@@ -67,7 +71,8 @@ class Hub:
         self._to_release: set[str] = set()
         self._sync_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._flusher = Flusher()
+        self.stats = HubStats(self._connections)
+        self._flusher = Flusher(self.stats.observe_flush)
         self._running = False
         patterns = self.settings.channels
         self._allow_all = "*" in patterns
@@ -152,21 +157,27 @@ class Hub:
             raise InvalidValueError(f"data is larger than {self.settings.max_payload_bytes} bytes", "PAYLOAD_TOO_LARGE")
         if not self._running:
             raise HubNotRunningError("the hub is not running")
-        return await self.broker.publish(channel, event, text)
+        published = await self.broker.publish(channel, event, text)
+        self.stats.published += 1
+        return published
 
     # -- fan-out --------------------------------------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
         """The broker's callback: hand the event's bytes to every matching subscription. Never awaits."""
+        stats = self.stats
+        stats.received += 1
         index = self._index.get(event.channel)
         if index is None:
             return
         if index.live:
+            stats.delivered += len(index.live)
             frame = event.frame
             framed = event.chunk
             for connection in index.live:
                 connection.push(frame, framed)
         if index.catching:
+            stats.delivered += len(index.catching)
             for sub in index.catching:
                 sub.hold(event)
         if index.by_field:
@@ -175,9 +186,13 @@ class Hub:
                 key = filter_key(fields.get(name, MISSING))
                 subs = by_value.get(key) if key is not None else None
                 if subs:
+                    stats.delivered += len(subs)
                     for sub in subs:
                         if sub.rest is None or sub.accepts(fields):
                             sub.hold(event)
+                        else:
+                            stats.delivered -= 1  # only rejected ones pay: counted per event, not per delivery
+        self._flusher.note(event.id.ms)
 
     def _on_gap(self, channels: Sequence[str]) -> None:
         """The broker lost live events of ``channels`` that history no longer holds: end those streams.
@@ -185,6 +200,7 @@ class Hub:
         Their clients reconnect with their last id, which is then older than the history: they get a reset.
         """
         logger.warning("live delivery lost events on %s; ending their streams so clients resync", list(channels))
+        self.stats.gaps += len(channels)
         for name in channels:
             index = self._index.get(name)
             if index is None:
@@ -313,7 +329,7 @@ class Hub:
             index.add(sub)
         try:
             await self._acquire_broker_channels(unique)
-            await self._catch_up(sub, resume_from, last_event_id)
+            mode = await self._catch_up(sub, resume_from, last_event_id)
         except BaseException:
             self.release(sub)
             raise
@@ -324,6 +340,9 @@ class Hub:
         early = token_deadline(grant, now, connection.deadline)
         if early is not None:
             self._early.add(early, connection)
+        if not self._running:
+            connection.close("shutdown")  # shutdown began during the catch-up: end_streams did not see it
+        self.stats.stream_opened(sub, scope, mode)
         return sub
 
     def _promote(self, sub: Subscription) -> None:
@@ -338,6 +357,7 @@ class Hub:
         connection = sub.connection
         self._connections.pop(connection, None)
         connection.close("shutdown")
+        self.stats.stream_closed(sub)
         for name in sub.channels:
             index = self._index[name]
             index.remove(sub)
@@ -365,8 +385,11 @@ class Hub:
                     self._broker_channels.discard(name)
                     await self.broker.unsubscribe(name)
 
-    async def _catch_up(self, sub: Subscription, resume_from: Position | str | None, raw_id: str | None) -> None:
-        """Queue the opening frames; read what the client missed into ``sub.backlog`` (written by ``stream``)."""
+    async def _catch_up(self, sub: Subscription, resume_from: Position | str | None, raw_id: str | None) -> OpenMode:
+        """Queue the opening frames; read what the client missed into ``sub.backlog`` (written by ``stream``).
+
+        Returns how the stream starts: ``new``, ``resumed`` or ``reset``.
+        """
         connection = sub.connection
         settings = self.settings
         info: dict[str, Any] = {
@@ -382,6 +405,7 @@ class Hub:
             cutoff = history.cutoff
             info["resumed"] = not history.expired
             connection.push(encode(dump_json(info), event="connected", id=str(resume_from), retry=settings.retry_ms))
+            mode: OpenMode = "reset" if history.expired else "resumed"
             if history.expired:
                 self._push_reset(sub, "history_expired", history.expired, cutoff)
             else:
@@ -396,6 +420,7 @@ class Hub:
         else:
             cutoff = await self.broker.position()
             info["resumed"] = False
+            mode = "new" if resume_from is None else "reset"
             if resume_from is None:
                 connection.push(encode(dump_json(info), event="connected", id=str(cutoff), retry=settings.retry_ms))
             else:
@@ -404,9 +429,14 @@ class Hub:
                 connection.push(encode(dump_json(info), event="connected", retry=settings.retry_ms))
                 self._push_reset(sub, "invalid_last_event_id", list(sub.channels), cutoff)
         sub.cutoff = cutoff
+        if mode == "resumed":
+            self.stats.resumes += 1
+            self.stats.replayed += len(sub.backlog)
+        return mode
 
     def _push_reset(self, sub: Subscription, reason: str, channels: list[str], head: Position) -> None:
         data = dump_json({"reason": reason, "channels": channels})
+        self.stats.count_reset(reason)
         sub.connection.push(encode(data, event="reset", id=str(head)))
 
     # -- introspection --------------------------------------------------------------------------------------

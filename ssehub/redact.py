@@ -1,7 +1,8 @@
 """Keep credentials out of logs: uvicorn's access log shows request paths with their query strings, and a
 browser's EventSource sends its token as ``?token=...``. :class:`RedactTokenFilter` rewrites such values to
-``[redacted]`` before a record is formatted; :func:`uvicorn_log_config` is uvicorn's logging configuration
-with the filter on every handler (``ssehub serve`` uses it, workers included).
+``[redacted]`` before a record is formatted. ``ssehub serve`` puts it on every handler of its logging
+configuration (``ssehub/logs.py``, workers included); :func:`uvicorn_log_config` is uvicorn's default
+configuration with the filter, for applications that run ssehub under their own uvicorn.
 """
 
 from __future__ import annotations

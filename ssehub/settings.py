@@ -139,6 +139,20 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of `ssehub serve`."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`text`, or `json`: one JSON object per line (see docs/operations.md)."
+    )
+    shutdown_grace: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds streams get on SIGTERM to end and write what is queued; the process exits at most 2 s "
+        "later, whatever is left (see docs/operations.md).",
+    )
+    metrics: Literal["public", "admin", "off"] = Field(
+        "public",
+        description="Prometheus metrics at `/metrics`: `public`, `admin` (an API key or token with the `admin` "
+        "scope, sent as `Authorization: Bearer`) or `off`.",
+    )
     # Credentials and grants (ssehub/auth.py, docs/security.md). None configured: the hub runs open.
     api_keys: list[ApiKey] = Field(
         default_factory=list,

@@ -52,6 +52,16 @@ async def send_then_read(server: Server, data: bytes, *, timeout: float = 5.0, c
     return sent_all, bytes(received)
 
 
+async def read_to_eof(reader: asyncio.StreamReader, timeout: float = 5.0) -> bytes:
+    """Everything the server sends until it closes the connection (an answer may come in several segments)."""
+    received = bytearray()
+    async with asyncio.timeout(timeout):
+        with contextlib.suppress(ConnectionResetError):  # a close after the answer may come as a reset
+            while piece := await reader.read(65536):
+                received += piece
+    return bytes(received)
+
+
 def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     """Status, headers (lowercased names) and body of the first HTTP/1.1 answer in ``raw``."""
     head, _, body = raw.partition(b"\r\n\r\n")

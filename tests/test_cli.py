@@ -15,10 +15,12 @@ import httpx
 import pytest
 
 from ssehub.testing import SSEMessage, SSEParser, free_port
+from tests.serve_process import ROOT
 
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SSEHUB_")}
+    env["PYTHONPATH"] = str(ROOT)  # this checkout's ssehub, whatever is installed
     env.update(extra)
     return env
 

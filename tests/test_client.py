@@ -24,7 +24,7 @@ from ssehub.exceptions import MissingDependencyError
 from ssehub.testing import free_port, open_stream, running_server
 from tests.conftest import make_settings
 from tests.redis_server import REDIS_SERVER, SKIP_REASON, redis_server
-from tests.serve_process import serve
+from tests.restartable_server import serve
 
 pytestmark = pytest.mark.anyio
 

@@ -16,7 +16,7 @@ import pytest
 
 from ssehub.testing import open_stream
 from tests.redis_server import REDIS_SERVER, SKIP_REASON, redis_server
-from tests.serve_process import ServeProcess, serve
+from tests.restartable_server import RestartableServer, serve
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _need_chromium
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser]
@@ -25,7 +25,7 @@ CONNECTED = "document.getElementById('connection').dataset.state === 'open'"
 
 
 @pytest.fixture
-def memory_server() -> Iterator[ServeProcess]:
+def memory_server() -> Iterator[RestartableServer]:
     """The demo on the memory broker."""
     with serve() as server:
         yield server
@@ -57,7 +57,7 @@ async def wait_for(page: Any, expression: str, timeout: float = 20.0) -> Any:
         await asyncio.sleep(0.1)
 
 
-async def open_dashboard(context: Any, server: ServeProcess) -> Any:
+async def open_dashboard(context: Any, server: RestartableServer) -> Any:
     """A page on the dashboard, connected."""
     page = await context.new_page()
     await page.goto(server.base + "/")
@@ -70,14 +70,14 @@ def assert_consecutive(seqs: list[int]) -> None:
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
 
 
-async def active_connections(server: ServeProcess) -> int:
+async def active_connections(server: RestartableServer) -> int:
     """/health's count of open streams."""
     async with httpx.AsyncClient(timeout=5) as http:
         count: int = (await http.get(server.api + "/health")).json()["active_connections"]
         return count
 
 
-async def test_dashboard_connects_and_progress_advances(browser: Any, memory_server: ServeProcess) -> None:
+async def test_dashboard_connects_and_progress_advances(browser: Any, memory_server: RestartableServer) -> None:
     """The page shows Connected, a running download's bar advances, and the received seqs have no gap."""
     page = await open_dashboard(await browser.new_context(), memory_server)
     assert await page.inner_text("#connection") == "Connected"
@@ -135,7 +135,7 @@ async def test_full_hub_503_is_retried_with_backoff(browser: Any) -> None:
     assert_consecutive(demo["seqs"])
 
 
-async def test_reload_resumes_from_the_stored_last_id(browser: Any, memory_server: ServeProcess) -> None:
+async def test_reload_resumes_from_the_stored_last_id(browser: Any, memory_server: RestartableServer) -> None:
     """After a reload the page resumes from the id it stored: its first event is the one after the last it had."""
     page = await open_dashboard(await browser.new_context(), memory_server)
     await wait_for(page, "demo.events >= 10")
@@ -151,7 +151,7 @@ async def test_reload_resumes_from_the_stored_last_id(browser: Any, memory_serve
 
 
 async def test_two_tabs_receive_the_same_events_and_closing_one_releases_it(
-    browser: Any, memory_server: ServeProcess
+    browser: Any, memory_server: RestartableServer
 ) -> None:
     """Two tabs receive the same sequence; closing one drops /health's active_connections by one."""
     context = await browser.new_context()
@@ -174,7 +174,9 @@ async def test_two_tabs_receive_the_same_events_and_closing_one_releases_it(
         await asyncio.sleep(0.1)
 
 
-async def test_memory_broker_restart_resets_and_reloads_the_queue(browser: Any, memory_server: ServeProcess) -> None:
+async def test_memory_broker_restart_resets_and_reloads_the_queue(
+    browser: Any, memory_server: RestartableServer
+) -> None:
     """On the memory broker a restart loses history: the page gets a reset, reloads the queue from the new
     server and checks the new sequence from its start, without counting the old one as gaps."""
     page = await open_dashboard(await browser.new_context(), memory_server)
@@ -201,7 +203,7 @@ async def test_memory_broker_restart_resets_and_reloads_the_queue(browser: Any, 
     assert "history no longer covers this page" in notes
 
 
-async def test_buttons_add_pause_resume_and_cancel(browser: Any, memory_server: ServeProcess) -> None:
+async def test_buttons_add_pause_resume_and_cancel(browser: Any, memory_server: RestartableServer) -> None:
     """The form adds a download and its buttons pause, resume and cancel it; every change shows up through the
     event stream (the page renders events, not the buttons' answers)."""
     page = await open_dashboard(await browser.new_context(), memory_server)

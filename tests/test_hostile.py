@@ -164,15 +164,17 @@ async def test_raw_control_characters_in_headers(
 
 
 async def read_opening(client: httpx.AsyncClient, url: str, headers: dict[str, str] | None = None) -> list[bytes]:
-    """The raw bytes of a stream's opening frames (until ``reset`` has been seen or 2 s passed)."""
+    """The raw bytes of a stream's opening frames (until a whole ``reset`` event arrived, or 5 s passed)."""
     chunks: list[bytes] = []
+    parser = SSEParser()
     async with client.stream("GET", url, headers=headers) as response:
         assert response.status_code == 200
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2):
+            async with asyncio.timeout(5):
                 async for chunk in response.aiter_raw():
                     chunks.append(chunk)
-                    if b"event: reset" in b"".join(chunks):
+                    # Chunks split anywhere: stop once the parser has dispatched the reset event itself.
+                    if any(message.event == "reset" for message in parser.feed(chunk)):
                         break
     return chunks
 

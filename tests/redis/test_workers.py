@@ -17,6 +17,7 @@ import pytest
 
 from ssehub.testing import open_stream
 from tests.redis_server import RedisServer, free_port
+from tests.serve_process import ROOT
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -26,7 +27,7 @@ def workers(redis_server: RedisServer, tmp_path: Path) -> Iterator[str]:
     """`ssehub serve --workers 3` on the test's Redis; yields the API URL."""
     port = free_port()
     log = tmp_path / "serve.log"
-    env = {**os.environ, "SSEHUB_BROKER_URL": redis_server.url, "SSEHUB_LOG_LEVEL": "warning"}
+    env = {**os.environ, "SSEHUB_BROKER_URL": redis_server.url, "SSEHUB_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)}
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "ssehub", "serve", "--port", str(port), "--workers", "3"],
