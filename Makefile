@@ -11,11 +11,11 @@ $(BIN)/python:
 
 # Reinstall when the project's metadata changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[redis,auth]'
+	$(BIN)/python -m pip install -q -e '.[redis,auth,client]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[redis,auth,test]'
+	$(BIN)/python -m pip install -q -e '.[redis,auth,client,test]'
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
@@ -28,6 +28,8 @@ system-deps:
 # `make run HOST=... PORT=...` passes flags; otherwise ssehub reads SSEHUB_HOST/SSEHUB_PORT (environment, .env) itself.
 # Only values given on make's command line count: make imports environment variables as its own, and a HOST
 # exported by the shell must not silently win over SSEHUB_HOST.
+# The demo dashboard at / (SSEHUB_DEMO=false make run serves the API only).
+run: export SSEHUB_DEMO ?= true
 run: install
 	$(BIN)/ssehub serve $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
 		$(if $(filter command line,$(origin PORT)),--port $(PORT))

@@ -30,6 +30,8 @@ from ssehub._types import Receive, Scope, Send
 from ssehub.auth import TOKEN_PARAM
 from ssehub.client_assets import client_routes
 from ssehub.cors import CorsPolicy
+from ssehub.demo import Demo
+from ssehub.echo import echo
 from ssehub.exceptions import (
     AuthenticationError,
     AuthUnavailableError,
@@ -338,6 +340,7 @@ class API:
             Route("/health", _health, methods=["GET"]),
             Route("/publish", _publish, methods=["POST"]),
             *client_routes(),  # {prefix}/client.js and friends: the browser client (docs/client.md)
+            *([Route("/test/echo", echo, methods=["POST"])] if hub.settings.enable_test_endpoints else []),
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -379,12 +382,15 @@ class App:
         # With an empty prefix the API's mount matches every path: /metrics must be looked for first.
         self._metrics_path = "/metrics" if metrics is not None else None
 
+        self.demo = demo = Demo(hub) if hub.settings.demo else None
+
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
-            async with hub, metrics or contextlib.nullcontext():
+            # The demo stops first: it publishes through the hub.
+            async with hub, metrics or contextlib.nullcontext(), demo or contextlib.nullcontext():
                 yield
 
-        routes: list[Route | Mount] = [self._mount]
+        routes: list[BaseRoute] = [*(demo.routes if demo is not None else []), self._mount]
         if metrics is not None:
             routes.insert(0, Route("/metrics", metrics, methods=["GET", "HEAD"]))
         self._starlette = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_EXCEPTION_HANDLERS)

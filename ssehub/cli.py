@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from ssehub import tail
 from ssehub.auth import startup_problem
 from ssehub.redact import validation_error_text
 from ssehub.settings import Settings
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the hub")
     publish.add_argument("--token", help="API key or JWT with publish rights (sent as Authorization: Bearer)")
     publish.set_defaults(func=_publish)
+
+    tail.add_parser(commands)
     return parser
 
 

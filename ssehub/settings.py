@@ -58,9 +58,15 @@ class Settings(BaseSettings):
     )
 
     enable_sse: bool = Field(True, description="Serve streams; false answers 503 SSE_DISABLED.")
+    enable_test_endpoints: bool = Field(
+        False, description="Serve `POST {prefix}/test/echo` for application tests (see docs/python-client.md)."
+    )
     host: str = Field("127.0.0.1", description="Address `ssehub serve` binds to.")
     port: int = Field(8000, ge=0, le=65535, description="Port `ssehub serve` listens on.")
     prefix: str = Field("/api/v1/events", description="Path prefix of the HTTP API.")
+    demo: bool = Field(
+        False, description="Serve the demo dashboard at `/` and run its download simulator (`make run` sets it)."
+    )
     broker_url: str = Field(
         "memory://",
         description="`memory://` (one process), or `redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://` "
