@@ -94,7 +94,7 @@ class Settings(BaseSettings):
         1048576, ge=1024, description="Bytes queued for one slow stream before it is disconnected (it resumes)."
     )
     max_channels_per_stream: int = Field(32, ge=1, description="Channels one stream may subscribe to.")
-    # CORS, limits and proxies (docs/security.md, "CORS and limits"); the mechanisms live in cors.py, limits.py, guard.py.
+    # CORS, limits and proxies (docs/security.md); the mechanisms live in cors.py, limits.py, guard.py.
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated exact origins (`https://app.example.com`) allowed cross-origin, with "
