@@ -57,7 +57,7 @@ FULL = Scale(
     idle_subs=10_000, hold=3, fanout_subs=1000, fanout_rates=(10, 20, 40, 80, 160, 320, 640, 1280, 2560, 5120),
     redis_variant_rates=(160, 320, 640, 1280, 2560, 5120),
     naive_rates=(1, 2, 4, 8, 16, 32, 64), refine=3, step=5, many_subs=10_000, many_rate=2000, many_step=8,
-    light_subs=100, light_rate=10, light_step=8, storm_subs=10_000, storm_behind=50, budget_s=700,
+    light_subs=100, light_rate=10, light_step=8, storm_subs=10_000, storm_behind=50, budget_s=900,
 )  # fmt: skip
 QUICK = Scale(
     idle_subs=1000, hold=1, fanout_subs=200, fanout_rates=(50, 200, 800), redis_variant_rates=(200, 800),
