@@ -221,7 +221,9 @@ class Ssehub(Server):
             SSEHUB_MAX_CONNECTIONS="20000",
             SSEHUB_MAX_CHANNELS="20000",
             # The load generator is one client address opening thousands of streams and publishing fast.
+            # With the "ssehub-auth" variant it is also one identity (one API key).
             SSEHUB_MAX_STREAMS_PER_CLIENT="0",
+            SSEHUB_MAX_STREAMS_PER_IDENTITY="0",
             SSEHUB_PUBLISH_RATE="0",
             SSEHUB_BROKER_URL=self.redis.url if self.redis else "memory://",
             SSEHUB_LOG_LEVEL="warning",  # no access log line per request, as for the peers
