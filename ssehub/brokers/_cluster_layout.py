@@ -14,12 +14,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from ssehub.brokers._redis_layout import RedisLayout
-from ssehub.brokers.redis_client import ClientOptions
 from ssehub.exceptions import InvalidValueError
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-    from redis.asyncio.cluster import RedisCluster
+    pass
 
 SLOTS = 16384
 SCHEME = "redis+cluster"
@@ -164,41 +162,3 @@ def topology_from_slots(slots: dict[int, Any]) -> Topology:
     shards = {anchor: Shard(anchor, nodes[name].host, int(nodes[name].port)) for name, anchor in anchors.items()}
     owner = tuple(anchors[name] if name is not None else -1 for name in owner_name)
     return Topology(shards, owner)
-
-
-def make_cluster_client(target: ClusterTarget, options: ClientOptions) -> RedisCluster:
-    """The command client of the cluster broker: redis-py's cluster client, ``options.pool_size`` per node.
-
-    With :func:`make_shard_client`, the only place a cluster connection is built; both belong with the Redis
-    client factory (``ssehub/brokers/redis_client.py``) and use its options.
-    """
-    from redis.asyncio.cluster import ClusterNode, RedisCluster
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    # No retries of a failed command inside redis-py (a retried publish could store an event twice);
-    # MOVED/ASK redirections are still followed: they mean the command did not run.
-    return RedisCluster(
-        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
-        max_connections=options.pool_size,
-        retry=Retry(NoBackoff(), 0),
-        require_full_coverage=False,
-        **options.connection_kwargs(),
-        **target.credentials,
-    )
-
-
-def make_shard_client(target: ClusterTarget, shard: Shard, options: ClientOptions) -> Redis:
-    """A plain client to one shard's master, for its sharded pub/sub connection (2: room for one closing)."""
-    from redis.asyncio import Redis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    return Redis(
-        host=shard.host,
-        port=shard.port,
-        max_connections=2,
-        retry=Retry(NoBackoff(), 0),
-        **options.connection_kwargs(),
-        **target.credentials,
-    )

@@ -13,9 +13,10 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
-from ssehub.brokers._cluster_layout import Topology, make_shard_client
+from ssehub.brokers._cluster_layout import Topology
 from ssehub.brokers._redis_layout import PUBSUB_TYPES, translate_error
 from ssehub.brokers._shard_ids import ShardEvent
+from ssehub.brokers.redis_client import connect_shard
 from ssehub.events import EventId
 from ssehub.exceptions import BrokerUnavailableError
 
@@ -186,7 +187,7 @@ class ShardReader:
                 shard = broker._topology.shards.get(self.anchor)
                 if shard is None:
                     raise BrokerUnavailableError(f"no master of the shard named {self.anchor}")
-                client = make_shard_client(broker._target, shard, broker._client_options)
+                client = connect_shard(broker._target, shard, broker._client_options)
                 self._pings = self._pongs = 0
                 pubsub = client.pubsub()
                 backlog = await self._open(pubsub)

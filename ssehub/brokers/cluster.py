@@ -29,7 +29,6 @@ from ssehub.brokers._cluster_layout import (
     ClusterTarget,
     Shard,
     Topology,
-    make_cluster_client,
     parse_cluster_url,
     topology_from_slots,
 )
@@ -37,7 +36,7 @@ from ssehub.brokers._cluster_reader import ShardReader
 from ssehub.brokers._redis_layout import CHANNEL_LIMIT_MARKER, PublishOptions, load_script, translate_error
 from ssehub.brokers._shard_ids import ShardEvent, ShardVector, encode_vector
 from ssehub.brokers.base import Broker, BrokerStatus, DeliverCallback, GapCallback, History, Replay
-from ssehub.brokers.redis_client import ClientOptions, require_redis
+from ssehub.brokers.redis_client import ClientOptions, connect_cluster, require_redis
 from ssehub.events import Event, EventId, Position, validate_channel, validate_event_type
 from ssehub.exceptions import BrokerUnavailableError
 
@@ -139,7 +138,7 @@ class ClusterBroker(Broker):
         """
         if self._client is not None:
             raise RuntimeError("ClusterBroker.start() called twice")
-        self._client = make_cluster_client(self._target, self._client_options)
+        self._client = connect_cluster(self._target, self._client_options)
         self._deliver = deliver
         self._on_gap = on_gap
         bound = self._connect_timeout + self._socket_timeout

@@ -1,4 +1,4 @@
-"""Connections to Redis, made in one place for the Redis broker and both publishers.
+"""Connections to Redis, made in one place for the Redis and Cluster brokers and both publishers.
 
 One factory, one set of options: the same timeouts, keepalive and retry policy for every client ssehub
 builds, whether the URL names one server (``redis://``, ``rediss://`` for TLS, ``unix://``) or Sentinels
@@ -21,11 +21,16 @@ from ssehub.exceptions import InvalidValueError, MissingDependencyError
 if TYPE_CHECKING:
     import redis
     import redis.asyncio
+    from redis.asyncio.cluster import RedisCluster
+
+    from ssehub.brokers._cluster_layout import ClusterTarget, Shard
 
 __all__ = [
     "ClientOptions",
     "RedisTarget",
     "connect_async",
+    "connect_cluster",
+    "connect_shard",
     "connect_sync",
     "parse_redis_url",
     "require_redis",
@@ -195,3 +200,37 @@ def connect_sync(target: RedisTarget, options: ClientOptions) -> tuple[redis.Red
     client = redis.Redis(connection_pool=pool, retry=kwargs["retry"])
     client.auto_close_connection_pool = True  # the client owns its pool: close() closes its connections
     return client, []
+
+
+def connect_cluster(target: ClusterTarget, options: ClientOptions) -> RedisCluster:
+    """The cluster broker's command client: redis-py's cluster client, ``options.pool_size`` connections per node."""
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    # No retries of a failed command inside redis-py (a retried publish could store an event twice);
+    # MOVED/ASK redirections are still followed: they mean the command did not run.
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        max_connections=options.pool_size,
+        retry=Retry(NoBackoff(), 0),
+        require_full_coverage=False,
+        **options.connection_kwargs(),
+        **target.credentials,
+    )
+
+
+def connect_shard(target: ClusterTarget, shard: Shard, options: ClientOptions) -> redis.asyncio.Redis:
+    """A plain client to one shard's master, for its sharded pub/sub connection (2: room for one closing)."""
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return Redis(
+        host=shard.host,
+        port=shard.port,
+        max_connections=2,
+        retry=Retry(NoBackoff(), 0),
+        **options.connection_kwargs(),
+        **target.credentials,
+    )
