@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 from ssehub.brokers._redis_layout import RedisLayout
 from ssehub.exceptions import InvalidValueError
-
-if TYPE_CHECKING:
-    pass
 
 SLOTS = 16384
 SCHEME = "redis+cluster"
