@@ -28,10 +28,11 @@ import heapq
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any
 
+from ssehub.brokers._coalesce import Coalescer, Pending, fail
 from ssehub.brokers._redis_layout import (
     CHANNEL_LIMIT_MARKER,
     DEFAULT_PREFIX,
@@ -66,7 +67,6 @@ logger = logging.getLogger("ssehub.brokers.redis")
 _CATCH_UP_PAGE = 1000
 #: Seconds before the first reconnection attempt; doubled per failure up to ``reconnect_max_delay``.
 _FIRST_DELAY = 0.05
-_T = TypeVar("_T")
 #: Above every id: a channel's catch-up start while its subscription is being set up (see ``subscribe``).
 _NEVER = EventId(2**63 - 1, 2**63 - 1)
 #: Events read from history kept by (channel, id), so that many reads of one history (a reconnect storm: every
@@ -74,15 +74,6 @@ _NEVER = EventId(2**63 - 1, 2**63 - 1)
 _RECENT_EVENTS = 4096
 #: Notifications the reader takes at once before handing them over (bounds the time between two hand-overs).
 _READ_BATCH = 1000
-
-
-class _Pending(NamedTuple):
-    """A publish waiting for the next batch: what to store, and where its caller waits for the outcome."""
-
-    channel: str
-    event: str
-    data: str
-    future: asyncio.Future[Event]
 
 
 class RedisBroker(Broker):
@@ -139,11 +130,9 @@ class RedisBroker(Broker):
         self._slots = asyncio.Semaphore(pool_size)
         self._deliver: DeliverCallback | None = None
         self._deliver_many: DeliverManyCallback | None = None
-        # Publishes of the current loop iteration, sent together by _send_queued; senders in flight.
-        self._queued: list[_Pending] = []
-        self._senders: set[asyncio.Task[None]] = set()
-        # Reads asked for during this loop iteration, by what they read (see _shared).
-        self._reads: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
+        # Publishes batched and identical reads shared per loop iteration (ssehub/brokers/_coalesce.py).
+        self._coalesce = Coalescer(self._send_batch, MAX_BATCH)
+        # Events recently read from history, by (channel, id): parsed and encoded once (see _RECENT_EVENTS).
         self._recent: dict[tuple[str, str], Event] = {}
         self._on_gap: GapCallback | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -210,16 +199,10 @@ class RedisBroker(Broker):
         self._deliver_many = None
         self._on_gap = None
         stopped = BrokerUnavailableError("the broker stopped")
-        queued, self._queued = self._queued, []
-        self._fail_publishes(queued, stopped)
-        reads, self._reads = self._reads, {}
-        for future in reads.values():  # their tasks are cancelled below, maybe before they ran
-            if not future.done():
-                future.set_exception(stopped)
-                future.exception()
-        tasks = [task for task in (reader, *self._senders) if task is not None]
-        for task in tasks:
-            task.cancel()
+        tasks = self._coalesce.stop(stopped)
+        if reader is not None:
+            reader.cancel()
+            tasks.append(reader)
         if tasks:
             # asyncio.wait does not raise the tasks' CancelledError, so our own cancellation still propagates.
             await asyncio.wait(tasks, timeout=self._socket_timeout + 1)
@@ -269,28 +252,9 @@ class RedisBroker(Broker):
         validate_event_type(event)
         if self._client is None:
             raise BrokerUnavailableError("the Redis broker is not started")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Event] = loop.create_future()
-        self._queued.append(_Pending(channel, event, data, future))
-        if len(self._queued) == 1:
-            self._spawn_sender()
-        return await future
+        return await self._coalesce.publish(channel, event, data)
 
-    def _spawn_sender(self) -> None:
-        # A new task's first step runs in the next loop iteration, after every callback of this one: whatever
-        # else publishes during this iteration joins the batch, at no extra hop of latency.
-        task = asyncio.get_running_loop().create_task(self._send_queued())
-        self._senders.add(task)
-        task.add_done_callback(self._senders.discard)
-
-    async def _send_queued(self) -> None:
-        batch = self._queued[:MAX_BATCH]
-        del self._queued[:MAX_BATCH]
-        if self._queued:
-            self._spawn_sender()  # more than one call's worth: the rest goes in parallel, next iteration
-        await self._send_batch(batch)
-
-    async def _send_batch(self, batch: list[_Pending]) -> None:
+    async def _send_batch(self, batch: list[Pending]) -> None:
         """One ``publish_batch.lua`` call for the batch; each caller gets its own event or its own error."""
         items = [(p.channel, p.event, p.data) for p in batch]
         ((keys, args, _count),) = self._publishing.batch_calls(items)
@@ -299,7 +263,7 @@ class RedisBroker(Broker):
                 result = await self._call("publish_batch.lua", keys, args, "publish")
                 outcomes = batch_outcomes(result, len(batch))
             except SSEHubError as exc:
-                self._fail_publishes(batch, exc)
+                fail(batch, exc)
                 return
             for pending, outcome in zip(batch, outcomes, strict=True):
                 if pending.future.done():
@@ -311,25 +275,19 @@ class RedisBroker(Broker):
                     pending.future.set_exception(outcome)
         finally:
             # Cancelled by stop() (or a bug): no caller may wait for an answer that will never come.
-            self._fail_publishes(batch, BrokerUnavailableError("the broker stopped before Redis answered"))
-
-    @staticmethod
-    def _fail_publishes(batch: list[_Pending], error: BaseException) -> None:
-        for pending in batch:
-            if not pending.future.done():
-                pending.future.set_exception(error)
+            fail(batch, BrokerUnavailableError("the broker stopped before Redis answered"))
 
     async def read_since(self, channels: Sequence[str], after: EventId, limit: int) -> History:
         """Stored events after ``after`` on ``channels`` in id order (one atomic read with the head).
 
-        Identical reads asked for during one loop iteration share one Redis call (see :meth:`_shared`): in a
+        Identical reads asked for during one loop iteration share one Redis call (``_coalesce.Coalescer.shared``): in a
         reconnect storm, thousands of clients resume from the same id.
 
         Raises:
             BrokerUnavailableError: Redis cannot be reached.
         """
         key = ("read", tuple(channels), after, limit)
-        shared = await self._shared(key, lambda: self._read_since(channels, after, limit))
+        shared = await self._coalesce.shared(key, lambda: self._read_since(channels, after, limit))
         # Each caller gets its own lists: the hub keeps them as a stream's backlog.
         return History(events=list(shared.events), head=shared.head, expired=list(shared.expired))
 
@@ -368,49 +326,11 @@ class RedisBroker(Broker):
         Raises:
             BrokerUnavailableError: Redis cannot be reached.
         """
-        return await self._shared(("head",), self._head)
+        return await self._coalesce.shared(("head",), self._head)
 
     async def _head(self) -> EventId:
         layout = self._layout
         return EventId.parse(str(await self._call("head.lua", [layout.last_id, layout.floor], [], "read the head")))
-
-    async def _shared(self, key: tuple[Any, ...], fetch: Callable[[], Awaitable[_T]]) -> _T:
-        """``fetch()``'s answer, shared by every caller asking for ``key`` during this loop iteration.
-
-        The call is sent in the next iteration, by a task whose first step forgets ``key``: a caller that
-        arrives later starts a new call. So everyone sharing a read asked for it before it was sent, which
-        keeps resume exact: a subscription is indexed before it asks, and any event newer than the read's
-        head is published after the read ran, hence reaches the subscription live.
-        """
-        future = self._reads.get(key)
-        if future is None:
-            future = self._reads[key] = asyncio.get_running_loop().create_future()
-            task = asyncio.get_running_loop().create_task(self._fetch_shared(key, future, fetch))
-            self._senders.add(task)
-            task.add_done_callback(self._senders.discard)
-        # shield: one caller giving up (its client left) must not cancel the read for the others.
-        result: _T = await asyncio.shield(future)
-        return result
-
-    async def _fetch_shared(
-        self, key: tuple[Any, ...], future: asyncio.Future[Any], fetch: Callable[[], Awaitable[Any]]
-    ) -> None:
-        if self._reads.get(key) is future:
-            del self._reads[key]
-        try:
-            result = await fetch()
-        except BaseException as exc:
-            if not future.done():
-                error = (
-                    exc if not isinstance(exc, asyncio.CancelledError) else BrokerUnavailableError("the broker stopped")
-                )
-                future.set_exception(error)
-                future.exception()  # retrieved here: every caller may have given up
-            if not isinstance(exc, Exception):
-                raise  # cancelled by stop(), or the process is exiting: the callers got their error above
-            return
-        if not future.done():
-            future.set_result(result)
 
     # -- subscriptions --------------------------------------------------------------------------------------
 
