@@ -6,6 +6,12 @@ notifications are identical to a publish through a hub: every hub on that Redis 
 subscribers at once. Their clients come from the same factory as the broker's
 (``ssehub/brokers/redis_client.py``): same timeouts, no retries.
 
+On a Redis Cluster (``redis+cluster://host:port,host:port``) they run the cluster broker's script instead
+(:class:`~ssehub.brokers._cluster_publish.ClusterPublishScript`, ``cluster_publish.lua``) on the master of each
+channel's slot: the event gets the next id of that shard's order, is stored and announced through sharded
+pub/sub (SPUBLISH) exactly as a publish through a hub on that cluster. They ask the cluster for its slot map
+when they first publish and again whenever a master answers that it no longer owns a slot.
+
 Use the same ``prefix``, ``history_size``, ``history_ttl`` and ``max_channels`` as the hubs (the script
 trims with the values its caller passes)::
 
@@ -14,7 +20,13 @@ trims with the values its caller passes)::
         publisher.publish_many([("queue:updates", "queue_update", {"size": 3}), ("x", "e", [1, 2])])
 
 ``publish_many`` sends many events per round trip (``publish_batch.lua``, up to ``MAX_BATCH`` events per call):
-each event is still stored before it is announced and succeeds or fails on its own, in the order given.
+each event is still stored before it is announced and succeeds or fails on its own, in the order given. On a
+cluster it sends each shard's events as one pipeline of script calls (one round trip per shard, up to
+``MAX_BATCH`` events each; the asyncio publisher reaches all shards at once); the events of one channel keep
+their order, and a shard that cannot be reached fails only its own events.
+
+The id a publish returns is the event's id in its order: ``<ms>-<seq>``, as ``POST /publish`` answers. On a
+cluster that is the id within the channel's shard, not a position a client can resume from.
 """
 
 from __future__ import annotations
@@ -25,6 +37,8 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
+from ssehub.brokers._cluster_layout import ClusterTarget, is_cluster_url, parse_cluster_url
+from ssehub.brokers._cluster_publish import AsyncClusterNodes, ClusterNodes, ClusterPublishScript
 from ssehub.brokers._redis_layout import batch_outcomes
 from ssehub.brokers.redis import DEFAULT_PREFIX, PublishScript
 from ssehub.brokers.redis_client import (
@@ -50,13 +64,15 @@ QUEUE_CHANNEL, QUEUE_EVENT = "queue:updates", "queue_update"
 SYSTEM_CHANNEL, SYSTEM_EVENT = "system:notifications", "system_notification"
 
 ClientT = TypeVar("ClientT", "redis.Redis", "redis.asyncio.Redis")
+NodesT = TypeVar("NodesT", ClusterNodes, AsyncClusterNodes)
 
 
-class _Base(Generic[ClientT]):
+class _Base(Generic[ClientT, NodesT]):
     """What both publishers share: construction, validation, serialization and the helper events' shapes.
 
     Args:
-        client: a redis-py client (``decode_responses=True``); :meth:`from_url` builds one.
+        client: a redis-py client (``decode_responses=True``), or the cluster connections :meth:`from_url`
+            builds for a ``redis+cluster://`` URL; :meth:`from_url` builds either.
         prefix, history_size, history_ttl, max_channels: as the hubs on this Redis use them.
         pool_size: publishes in flight at once (the client's pool should allow as many connections);
             more wait for a free one.
@@ -65,7 +81,7 @@ class _Base(Generic[ClientT]):
 
     def __init__(
         self,
-        client: ClientT,
+        client: ClientT | NodesT,
         *,
         prefix: str = DEFAULT_PREFIX,
         history_size: int = 1000,
@@ -75,7 +91,13 @@ class _Base(Generic[ClientT]):
         wait_timeout: float = 10.0,
     ) -> None:
         self._publishing = PublishScript(prefix, history_size, history_ttl, max_channels)
-        self._client: ClientT = client
+        self._nodes: NodesT | None = None
+        self._cluster_publishing: ClusterPublishScript | None = None
+        if isinstance(client, (ClusterNodes, AsyncClusterNodes)):
+            self._nodes = client
+            self._cluster_publishing = ClusterPublishScript(prefix, history_size, history_ttl, max_channels)
+        else:
+            self._client: ClientT = client
         self._helpers: list[ClientT] = []  # Sentinel clients that from_url made, closed with ours
         self._slot_timeout = wait_timeout
         self._pool_size = pool_size
@@ -93,14 +115,21 @@ class _Base(Generic[ClientT]):
         connect_timeout: float = 5.0,
         pool_size: int = 8,
     ) -> Self:
-        """Connect to ``redis://``, ``rediss://`` or ``redis+sentinel://`` (the broker's URL forms), lazily.
+        """Connect to ``redis://``, ``rediss://``, ``redis+sentinel://`` or ``redis+cluster://`` (the broker's URL
+        forms), lazily. On a cluster, ``pool_size`` connections per master at most.
 
         Raises:
             MissingDependencyError: redis-py is not installed.
             InvalidValueError: a bad URL or setting.
         """
         require_redis()
-        client, helpers = cls._connect(parse_redis_url(url), ClientOptions(pool_size, socket_timeout, connect_timeout))
+        options = ClientOptions(pool_size, socket_timeout, connect_timeout)
+        client: ClientT | NodesT
+        helpers: list[ClientT] = []
+        if is_cluster_url(url):
+            client = cls._connect_cluster(parse_cluster_url(url), options)
+        else:
+            client, helpers = cls._connect(parse_redis_url(url), options)
         publisher = cls(
             client,
             prefix=prefix,
@@ -117,20 +146,35 @@ class _Base(Generic[ClientT]):
     def _connect(target: RedisTarget, options: ClientOptions) -> tuple[ClientT, list[ClientT]]:
         raise NotImplementedError
 
-    def _call_args(self, channel: str, event: str, data: Any) -> tuple[list[str], list[str | int]]:
+    @staticmethod
+    def _connect_cluster(target: ClusterTarget, options: ClientOptions) -> NodesT:
+        raise NotImplementedError
+
+    @staticmethod
+    def _item(channel: str, event: str, data: Any) -> tuple[str, str, str]:
         validate_channel(channel)
         validate_event_type(event)
         # dump_json raises InvalidValueError (code INVALID_DATA) for NaN, infinities and non-JSON values.
-        return self._publishing.call(channel, event, dump_json(data))
+        return channel, event, dump_json(data)
+
+    def _call_args(self, channel: str, event: str, data: Any) -> tuple[list[str], list[str | int]]:
+        return self._publishing.call(*self._item(channel, event, data))
+
+    def _items(self, events: Iterable[tuple[str, str, Any]]) -> list[tuple[str, str, str]]:
+        """Validate and serialize every event first (nothing is sent if one is bad)."""
+        return [self._item(channel, event, data) for channel, event, data in events]
 
     def _batches(self, events: Iterable[tuple[str, str, Any]]) -> list[tuple[list[str], list[str | int], int]]:
-        """Validate and serialize every event first (nothing is sent if one is bad); KEYS/ARGV per script call."""
-        items: list[tuple[str, str, str]] = []
-        for channel, event, data in events:
-            validate_channel(channel)
-            validate_event_type(event)
-            items.append((channel, event, dump_json(data)))
-        return self._publishing.batch_calls(items)
+        """Validated events as KEYS/ARGV per script call."""
+        return self._publishing.batch_calls(self._items(events))
+
+    @staticmethod
+    def _one(outcomes: list[str | SSEHubError]) -> str:
+        """The id of a single event published on a cluster, or its error raised."""
+        (outcome,) = outcomes
+        if isinstance(outcome, SSEHubError):
+            raise outcome
+        return outcome
 
     @staticmethod
     def _finish(outcomes: list[str | SSEHubError], total: int, error: SSEHubError | None) -> list[str]:
@@ -152,21 +196,38 @@ class _Base(Generic[ClientT]):
         return {"message": message, "level": level, **extra}
 
 
-class Publisher(_Base["redis.Redis"]):
+class Publisher(_Base["redis.Redis", ClusterNodes]):
     """A blocking publisher on a redis-py client. Safe to share between threads (redis-py pools are).
 
     Arguments as :class:`_Base`; build it with :meth:`from_url`, or pass a ``redis.Redis``.
     """
 
-    def __init__(self, client: redis.Redis, **kwargs: Any) -> None:
+    def __init__(self, client: redis.Redis | ClusterNodes, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
         self._slots = threading.BoundedSemaphore(self._pool_size)
-        self._script: Script = client.register_script(self._publishing.source)
-        self._batch_script: Script = client.register_script(self._publishing.batch_source)
+        if self._nodes is None:
+            self._script: Script = self._client.register_script(self._publishing.source)
+            self._batch_script: Script = self._client.register_script(self._publishing.batch_source)
 
     @staticmethod
     def _connect(target: RedisTarget, options: ClientOptions) -> tuple[redis.Redis, list[redis.Redis]]:
         return connect_sync(target, options)
+
+    @staticmethod
+    def _connect_cluster(target: ClusterTarget, options: ClientOptions) -> ClusterNodes:
+        return ClusterNodes(target, options)
+
+    def _on_cluster(self, items: list[tuple[str, str, str]]) -> list[str | SSEHubError]:
+        """Each event's id or error, published on the cluster (one slot for the whole call)."""
+        assert self._nodes is not None
+        assert self._cluster_publishing is not None
+        if not self._slots.acquire(timeout=self._slot_timeout):
+            error = BrokerUnavailableError(f"no free Redis connection within {self._slot_timeout:g}s")
+            return [error] * len(items)
+        try:
+            return self._nodes.publish(self._cluster_publishing, items)
+        finally:
+            self._slots.release()
 
     def publish(self, channel: str, event: str, data: Any) -> str:
         """Publish ``data`` (any JSON-serializable value) and return the event's id.
@@ -178,6 +239,8 @@ class Publisher(_Base["redis.Redis"]):
         """
         from redis.exceptions import RedisError
 
+        if self._nodes is not None:
+            return self._one(self._on_cluster([self._item(channel, event, data)]))
         keys, args = self._call_args(channel, event, data)
         # More concurrent publishes than connections wait for one (bounded) instead of failing in redis-py.
         if not self._slots.acquire(timeout=self._slot_timeout):
@@ -202,6 +265,9 @@ class Publisher(_Base["redis.Redis"]):
         """
         from redis.exceptions import RedisError
 
+        if self._nodes is not None:
+            items = self._items(events)
+            return self._finish(self._on_cluster(items) if items else [], len(items), None)
         calls = self._batches(events)
         total = sum(count for _keys, _args, count in calls)
         outcomes: list[str | SSEHubError] = []
@@ -236,6 +302,9 @@ class Publisher(_Base["redis.Redis"]):
 
     def close(self) -> None:
         """Close the client's connections."""
+        if self._nodes is not None:
+            self._nodes.close()
+            return
         for client in (self._client, *self._helpers):
             client.close()
 
@@ -246,23 +315,45 @@ class Publisher(_Base["redis.Redis"]):
         self.close()
 
 
-class AsyncPublisher(_Base["redis.asyncio.Redis"]):
+class AsyncPublisher(_Base["redis.asyncio.Redis", AsyncClusterNodes]):
     """An asyncio publisher on a ``redis.asyncio`` client; same arguments as :class:`Publisher`."""
 
-    def __init__(self, client: redis.asyncio.Redis, **kwargs: Any) -> None:
+    def __init__(self, client: redis.asyncio.Redis | AsyncClusterNodes, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
         self._slots = asyncio.Semaphore(self._pool_size)
-        self._script: AsyncScript = client.register_script(self._publishing.source)
-        self._batch_script: AsyncScript = client.register_script(self._publishing.batch_source)
+        if self._nodes is None:
+            self._script: AsyncScript = self._client.register_script(self._publishing.source)
+            self._batch_script: AsyncScript = self._client.register_script(self._publishing.batch_source)
 
     @staticmethod
     def _connect(target: RedisTarget, options: ClientOptions) -> tuple[redis.asyncio.Redis, list[redis.asyncio.Redis]]:
         return connect_async(target, options)
 
+    @staticmethod
+    def _connect_cluster(target: ClusterTarget, options: ClientOptions) -> AsyncClusterNodes:
+        return AsyncClusterNodes(target, options)
+
+    async def _on_cluster(self, items: list[tuple[str, str, str]]) -> list[str | SSEHubError]:
+        """Each event's id or error, published on the cluster (one slot for the whole call)."""
+        assert self._nodes is not None
+        assert self._cluster_publishing is not None
+        try:
+            async with asyncio.timeout(self._slot_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            error = BrokerUnavailableError(f"no free Redis connection within {self._slot_timeout:g}s")
+            return [error] * len(items)
+        try:
+            return await self._nodes.publish(self._cluster_publishing, items)
+        finally:
+            self._slots.release()
+
     async def publish(self, channel: str, event: str, data: Any) -> str:
         """Publish ``data`` and return the event's id (see :meth:`Publisher.publish`)."""
         from redis.exceptions import RedisError
 
+        if self._nodes is not None:
+            return self._one(await self._on_cluster([self._item(channel, event, data)]))
         keys, args = self._call_args(channel, event, data)
         # More concurrent publishes than connections wait for one (bounded) instead of failing in redis-py.
         try:
@@ -286,6 +377,9 @@ class AsyncPublisher(_Base["redis.asyncio.Redis"]):
         """
         from redis.exceptions import RedisError
 
+        if self._nodes is not None:
+            items = self._items(events)
+            return self._finish(await self._on_cluster(items) if items else [], len(items), None)
         calls = self._batches(events)
         total = sum(count for _keys, _args, count in calls)
         outcomes: list[str | SSEHubError] = []
@@ -325,6 +419,9 @@ class AsyncPublisher(_Base["redis.asyncio.Redis"]):
 
     async def aclose(self) -> None:
         """Close the client's connections."""
+        if self._nodes is not None:
+            await self._nodes.aclose()
+            return
         for client in (self._client, *self._helpers):
             await client.aclose()
 

@@ -8,6 +8,7 @@ layout is documented for other languages in ``docs/redis-layout.md`` ("Redis Clu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -30,6 +31,11 @@ class ClusterTarget:
     def describe(self) -> str:
         """The target without credentials, for logs and /health."""
         return f"{SCHEME}://" + ",".join(f"{host}:{port}" for host, port in self.nodes)
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (its scheme is ``redis+cluster``)."""
+    return url.partition("://")[0].lower() == SCHEME
 
 
 def parse_cluster_url(url: str) -> ClusterTarget:
@@ -141,21 +147,37 @@ class Topology:
 
 
 def topology_from_slots(slots: dict[int, Any]) -> Topology:
-    """A Topology from redis-py's ``nodes_manager.slots_cache`` (slot -> [primary node, replicas...]).
-
-    Every master is named by the lowest slot it owns, so hubs that see the same cluster name shards alike.
-    """
-    owner_name: list[str | None] = [None] * SLOTS
-    nodes: dict[str, Any] = {}
+    """A Topology from redis-py's ``nodes_manager.slots_cache`` (slot -> [primary node, replicas...])."""
+    masters: list[tuple[str, int] | None] = [None] * SLOTS
     for slot, holders in slots.items():
         if holders:
-            primary = holders[0]
-            owner_name[slot] = primary.name
-            nodes.setdefault(primary.name, primary)
-    anchors: dict[str, int] = {}
-    for slot, name in enumerate(owner_name):
-        if name is not None and name not in anchors:
-            anchors[name] = slot
-    shards = {anchor: Shard(anchor, nodes[name].host, int(nodes[name].port)) for name, anchor in anchors.items()}
-    owner = tuple(anchors[name] if name is not None else -1 for name in owner_name)
+            masters[slot] = (holders[0].host, int(holders[0].port))
+    return topology_from_masters(masters)
+
+
+def topology_from_cluster_slots(reply: Sequence[Any], asked_host: str) -> Topology:
+    """A Topology from a ``CLUSTER SLOTS`` reply (``[[first, last, [host, port, ...], replicas...], ...]``).
+
+    ``asked_host`` replaces an empty host (a node that does not know its own address answers with one).
+    """
+    masters: list[tuple[str, int] | None] = [None] * SLOTS
+    for first, last, primary, *_replicas in reply:
+        address = (str(primary[0]) or asked_host, int(primary[1]))
+        for slot in range(int(first), int(last) + 1):
+            masters[slot] = address
+    return topology_from_masters(masters)
+
+
+def topology_from_masters(masters: Sequence[tuple[str, int] | None]) -> Topology:
+    """A Topology from the (host, port) of the master of every slot (None: not covered).
+
+    Every master is named by the lowest slot it owns, so hubs and publishers that see the same cluster name
+    shards alike.
+    """
+    anchors: dict[tuple[str, int], int] = {}
+    for slot, address in enumerate(masters):
+        if address is not None and address not in anchors:
+            anchors[address] = slot
+    shards = {anchor: Shard(anchor, host, port) for (host, port), anchor in anchors.items()}
+    owner = tuple(anchors[address] if address is not None else -1 for address in masters)
     return Topology(shards, owner)

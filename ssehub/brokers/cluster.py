@@ -25,15 +25,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ssehub.brokers._cluster_layout import (
-    ClusterLayout,
     ClusterTarget,
     Shard,
     Topology,
     parse_cluster_url,
     topology_from_slots,
 )
+from ssehub.brokers._cluster_publish import ClusterPublishScript, is_stale
 from ssehub.brokers._cluster_reader import ShardReader
-from ssehub.brokers._redis_layout import CHANNEL_LIMIT_MARKER, PublishOptions, load_script, translate_error
+from ssehub.brokers._redis_layout import CHANNEL_LIMIT_MARKER, load_script, translate_error
 from ssehub.brokers._shard_ids import ShardEvent, ShardVector, encode_vector
 from ssehub.brokers.base import Broker, BrokerStatus, DeliverCallback, GapCallback, History, Replay
 from ssehub.brokers.redis_client import ClientOptions, connect_cluster, require_redis
@@ -48,8 +48,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("ssehub.brokers.cluster")
 
 _SCRIPTS = ("cluster_publish.lua", "cluster_read.lua", "cluster_head.lua", "cluster_lost.lua")
-#: The error a script gets when the caller's view of the cluster is stale (the shard key is elsewhere now).
-_STALE_MARKERS = ("non local key", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
 
 
 class ClusterBroker(Broker):
@@ -90,8 +88,9 @@ class ClusterBroker(Broker):
     ) -> None:
         require_redis()
         self._target: ClusterTarget = parse_cluster_url(url)
-        self._layout = ClusterLayout(prefix)
-        self._options = PublishOptions(history_size, history_ttl, max_channels)
+        self._publishing = ClusterPublishScript(prefix, history_size, history_ttl, max_channels)
+        self._layout = self._publishing.layout
+        self._options = self._publishing.options
         self._client_options = ClientOptions(pool_size, socket_timeout, connect_timeout)
         self._pool_size = pool_size
         self._socket_timeout = socket_timeout
@@ -251,7 +250,7 @@ class ClusterBroker(Broker):
             if not (isinstance(exc, ResponseError) and text.startswith(CHANNEL_LIMIT_MARKER)):
                 self._commands_ok = isinstance(exc, ResponseError)
                 self._last_error = f"{type(exc).__name__}: {text[:200]}"
-            if not isinstance(exc, ResponseError) or any(marker in text for marker in _STALE_MARKERS):
+            if not isinstance(exc, ResponseError) or is_stale(exc):
                 with contextlib.suppress(BrokerUnavailableError, TimeoutError):
                     async with asyncio.timeout(self._connect_timeout):
                         await self._refresh_topology()
@@ -298,25 +297,18 @@ class ClusterBroker(Broker):
         """
         validate_channel(channel)
         validate_event_type(event)
-        layout, options = self._layout, self._options
-        keys = [layout.stream(channel), layout.home(channel)]
+        script = self._publishing
 
         def args_for(shard: Shard) -> list[str | int]:
-            return [
-                layout.shard_prefix(shard.anchor),
-                shard.anchor,
-                channel,
-                event,
-                data,
-                options.history_size,
-                options.ttl_ms,
-                options.max_channels,
-                layout.notify(channel),
-                layout.channel_prefix,
-            ]
+            return script.args(shard.anchor, channel, event, data)
 
         shard, id_text = await self._retrying(
-            "cluster_publish.lua", keys, args_for, "publish", lambda: self._require_shard(channel), idempotent=False
+            "cluster_publish.lua",
+            script.keys(channel),
+            args_for,
+            "publish",
+            lambda: self._require_shard(channel),
+            idempotent=False,
         )
         return ShardEvent(EventId.parse(str(id_text)), channel, event, data, shard.anchor)
 

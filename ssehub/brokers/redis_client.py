@@ -1,9 +1,10 @@
 """Connections to Redis, made in one place for the Redis and Cluster brokers and both publishers.
 
 One factory, one set of options: the same timeouts, keepalive and retry policy for every client ssehub
-builds, whether the URL names one server (``redis://``, ``rediss://`` for TLS, ``unix://``) or Sentinels
-(``redis+sentinel://``). redis-py is imported only when a client is built, so that ``import ssehub`` works
-without the ``ssehub[redis]`` extra.
+builds, whether the URL names one server (``redis://``, ``rediss://`` for TLS, ``unix://``), Sentinels
+(``redis+sentinel://``) or a Redis Cluster (``redis+cluster://``: redis-py's cluster client for the broker's
+commands, plain clients to single masters for its sharded pub/sub and for the publishers). redis-py is
+imported only when a client is built, so that ``import ssehub`` works without the ``ssehub[redis]`` extra.
 
 No retries inside redis-py, for any client: a publish retried after a timeout could store an event twice, and
 the broker's pub/sub reader does its own reconnection (it must catch up from history, which redis-py's
@@ -30,6 +31,8 @@ __all__ = [
     "RedisTarget",
     "connect_async",
     "connect_cluster",
+    "connect_node",
+    "connect_node_sync",
     "connect_shard",
     "connect_sync",
     "parse_redis_url",
@@ -222,14 +225,37 @@ def connect_cluster(target: ClusterTarget, options: ClientOptions) -> RedisClust
 
 def connect_shard(target: ClusterTarget, shard: Shard, options: ClientOptions) -> redis.asyncio.Redis:
     """A plain client to one shard's master, for its sharded pub/sub connection (2: room for one closing)."""
+    return connect_node(target, shard.host, shard.port, options, max_connections=2)
+
+
+def connect_node(
+    target: ClusterTarget, host: str, port: int, options: ClientOptions, *, max_connections: int = 0
+) -> redis.asyncio.Redis:
+    """A plain ``redis.asyncio`` client to one cluster node (``max_connections``: default ``options.pool_size``)."""
     from redis.asyncio import Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
     return Redis(
-        host=shard.host,
-        port=shard.port,
-        max_connections=2,
+        host=host,
+        port=port,
+        max_connections=max_connections or options.pool_size,
+        retry=Retry(NoBackoff(), 0),
+        **options.connection_kwargs(),
+        **target.credentials,
+    )
+
+
+def connect_node_sync(target: ClusterTarget, host: str, port: int, options: ClientOptions) -> redis.Redis:
+    """A blocking client to one cluster node, with a pool of ``options.pool_size`` connections."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis(
+        host=host,
+        port=port,
+        max_connections=options.pool_size,
         retry=Retry(NoBackoff(), 0),
         **options.connection_kwargs(),
         **target.credentials,
