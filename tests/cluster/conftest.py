@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,11 @@ import httpx
 import pytest
 
 from ssehub.brokers._cluster_layout import ClusterLayout
+from ssehub.brokers._shard_ids import ShardEvent
 from ssehub.brokers.cluster import ClusterBroker
+from ssehub.events import Event, EventId
 from tests.brokers.conftest import Harness
-from tests.cluster_server import REDIS_CLI, SKIP_REASON, LocalCluster
+from tests.cluster_server import REDIS_CLI, SKIP_REASON, LocalCluster, local_cluster
 from tests.redis_server import REDIS_SERVER, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,12 +58,28 @@ def require_cluster_tools() -> None:
 def redis_cluster() -> Iterator[LocalCluster]:
     """One 3-master cluster for the session; tests keep apart by key prefix."""
     require_cluster_tools()
-    cluster = LocalCluster(masters=3)
-    try:
-        cluster.start()
+    with local_cluster(masters=3) as cluster:
         yield cluster
-    finally:
-        cluster.close()
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[LocalCluster]:
+    """A 3-master cluster of this test's own (for tests that move slots)."""
+    require_cluster_tools()
+    with local_cluster(masters=3) as cluster:
+        yield cluster
+
+
+def assert_shard_orders(events: Sequence[Event]) -> None:
+    """The events come from the three shards of a fresh cluster, each shard's ids strictly growing."""
+    per_shard: dict[int, list[EventId]] = {}
+    for event in events:
+        assert isinstance(event, ShardEvent)
+        per_shard.setdefault(event.shard, []).append(event.id)
+    assert sorted(per_shard) == [0, 5461, 10923]
+    for ids in per_shard.values():
+        assert ids == sorted(ids)
+        assert len(set(ids)) == len(ids)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from ssehub.brokers._shard_ids import ShardEvent, ShardVector
 from ssehub.brokers.cluster import ClusterBroker
 from ssehub.events import EventId
 from ssehub.exceptions import ChannelLimitError, InvalidEventIdError
-from tests.cluster.conftest import MakeClusterBroker, channels_per_shard
+from tests.cluster.conftest import MakeClusterBroker, assert_shard_orders, channels_per_shard
 from tests.cluster_server import LocalCluster
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -24,15 +24,7 @@ async def test_ids_grow_per_shard_and_channels_spread_over_all_shards(
     broker = (await make_cluster_broker()).broker
     names = [name for group in channels_per_shard(prefix, 2) for name in group]
     events = [await broker.publish(name, "e", str(i)) for i in range(4) for name in names]
-    assert all(isinstance(event, ShardEvent) for event in events)
-    per_shard: dict[int, list[EventId]] = {}
-    for event in events:
-        assert isinstance(event, ShardEvent)
-        per_shard.setdefault(event.shard, []).append(event.id)
-    assert sorted(per_shard) == [0, 5461, 10923]
-    for ids in per_shard.values():
-        assert ids == sorted(ids)
-        assert len(set(ids)) == len(ids)
+    assert_shard_orders(events)
 
 
 async def test_live_events_arrive_in_each_shards_order_with_growing_positions(

@@ -5,30 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
 
 from ssehub.brokers._cluster_layout import ClusterLayout
 from ssehub.testing import open_stream
-from tests.cluster.conftest import HubProcess, channels_per_shard, require_cluster_tools
+from tests.cluster.conftest import HubProcess, channels_per_shard
 from tests.cluster.test_failover import Client
 from tests.cluster_server import LocalCluster
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[LocalCluster]:
-    """A 3-master cluster of this test's own (it moves a slot)."""
-    require_cluster_tools()
-    cluster = LocalCluster(masters=3)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.close()
 
 
 async def test_a_migrated_channel_resets_clients_from_before_the_move_and_resumes_exactly_after(

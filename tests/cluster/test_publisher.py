@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -20,8 +19,9 @@ from ssehub.brokers._shard_ids import ShardEvent, ShardVector
 from ssehub.events import EventId
 from ssehub.exceptions import BrokerUnavailableError, ChannelLimitError, InvalidValueError, PublishManyError
 from ssehub.publisher import AsyncPublisher, Publisher
-from ssehub.testing import EventStream, SSEMessage, open_stream
-from tests.cluster.conftest import ROOT, HubProcess, MakeClusterBroker, channels_per_shard, require_cluster_tools
+from ssehub.testing import open_stream
+from tests.cluster.conftest import ROOT, HubProcess, MakeClusterBroker, assert_shard_orders, channels_per_shard
+from tests.cluster.test_end_to_end import by_channel, collect
 from tests.cluster_server import LocalCluster
 from tests.redis_server import free_port
 from tests.redis_server import redis_server as plain_redis_server
@@ -56,26 +56,6 @@ def worker_publish(url: str, prefix: str, events: list[tuple[str, str, Any]], mo
     ids = json.loads(done.stdout)
     assert isinstance(ids, list)
     return [str(event_id) for event_id in ids]
-
-
-async def collect(stream: EventStream, count: int, within: float = 20.0) -> list[SSEMessage]:
-    """The next ``count`` events of type ``n`` (heartbeats skipped)."""
-    deadline = time.monotonic() + within
-    events: list[SSEMessage] = []
-    while len(events) < count:
-        message = await stream.next_event(max(0.01, deadline - time.monotonic()))
-        assert message.event == "n", message
-        events.append(message)
-    return events
-
-
-def by_channel(events: list[SSEMessage]) -> dict[str, list[int]]:
-    """The ``i`` of each received event, per channel, in arrival order."""
-    out: dict[str, list[int]] = {}
-    for event in events:
-        data = json.loads(event.data)
-        out.setdefault(data["c"], []).append(data["i"])
-    return out
 
 
 def numbered(names: list[str], numbers: range) -> list[tuple[str, str, Any]]:
@@ -201,14 +181,7 @@ async def test_publish_many_across_shards_keeps_channel_order_beyond_one_round_t
     ]
     for name in names:
         assert [json.loads(e.data)["i"] for e in delivered if e.channel == name] == list(range(200))
-    per_shard: dict[int, list[EventId]] = {}
-    for event in delivered:
-        assert isinstance(event, ShardEvent)
-        per_shard.setdefault(event.shard, []).append(event.id)
-    assert sorted(per_shard) == [0, 5461, 10923]
-    for ids in per_shard.values():
-        assert ids == sorted(ids)
-        assert len(set(ids)) == len(ids)
+    assert_shard_orders(delivered)
 
 
 async def test_a_refused_event_of_publish_many_fails_on_its_own(redis_cluster: LocalCluster, prefix: str) -> None:
@@ -345,18 +318,6 @@ def test_an_unreachable_cluster_fails_within_the_timeouts() -> None:
         with pytest.raises(PublishManyError) as refused:
             publisher.publish_many([("a", "n", 1), ("b", "n", 2)])
     assert all(isinstance(outcome, BrokerUnavailableError) for outcome in refused.value.outcomes)
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[LocalCluster]:
-    """A 3-master cluster of this test's own (it moves a slot)."""
-    require_cluster_tools()
-    cluster = LocalCluster(masters=3)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.close()
 
 
 async def test_publishers_follow_a_slot_that_moved(own_cluster: LocalCluster) -> None:
