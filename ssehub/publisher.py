@@ -6,9 +6,10 @@ notifications are identical to a publish through a hub: every hub on that Redis 
 subscribers at once. Their clients come from the same factory as the broker's
 (``ssehub/brokers/redis_client.py``): same timeouts, no retries.
 
-On a Redis Cluster (``redis+cluster://host:port,host:port``) they run the cluster broker's script instead
-(:class:`~ssehub.brokers._cluster_publish.ClusterPublishScript`, ``cluster_publish.lua``) on the master of each
-channel's slot: the event gets the next id of that shard's order, is stored and announced through sharded
+On a Redis Cluster (``redis+cluster://host:port,host:port``, ``rediss+cluster://`` for TLS) they run the
+cluster broker's script instead (:class:`~ssehub.brokers._cluster_publish.ClusterPublishScript`,
+``cluster_publish.lua``) on the master of each channel's slot, with ``Publisher.from_url`` taking the hubs' URL
+as it is: the event gets the next id of that shard's order, is stored and announced through sharded
 pub/sub (SPUBLISH) exactly as a publish through a hub on that cluster. They ask the cluster for its slot map
 when they first publish and again whenever a master answers that it no longer owns a slot.
 
@@ -115,8 +116,8 @@ class _Base(Generic[ClientT, NodesT]):
         connect_timeout: float = 5.0,
         pool_size: int = 8,
     ) -> Self:
-        """Connect to ``redis://``, ``rediss://``, ``redis+sentinel://`` or ``redis+cluster://`` (the broker's URL
-        forms), lazily. On a cluster, ``pool_size`` connections per master at most.
+        """Connect to ``redis://``, ``rediss://``, ``redis+sentinel://``, ``redis+cluster://`` or
+        ``rediss+cluster://`` (the brokers' URL forms), lazily. On a cluster, ``pool_size`` connections per master.
 
         Raises:
             MissingDependencyError: redis-py is not installed.

@@ -69,8 +69,8 @@ class Settings(BaseSettings):
     )
     broker_url: str = Field(
         "memory://",
-        description="`memory://` (one process), or `redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://` "
-        "(see docs/scaling.md).",
+        description="`memory://` (one process), or `redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://`, "
+        "`rediss+cluster://` (see docs/scaling.md).",
     )
     heartbeat_interval: float = Field(30.0, gt=0, description="Seconds between heartbeat events on every stream.")
     max_connections: int = Field(1000, ge=1, description="Open streams per process; more answer 503.")
@@ -306,9 +306,10 @@ class Settings(BaseSettings):
     @classmethod
     def _check_broker_url(cls, value: str) -> str:
         scheme = value.split("://", 1)[0] if "://" in value else ""
-        if scheme not in {"memory", "redis", "rediss", "redis+sentinel", "redis+cluster"}:
+        if scheme not in {"memory", "redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+cluster"}:
             raise ValueError(
-                "broker_url must start with memory://, redis://, rediss://, redis+sentinel:// or redis+cluster://"
+                "broker_url must start with memory://, redis://, rediss://, redis+sentinel://, redis+cluster:// "
+                "or rediss+cluster://"
             )
         return value
 

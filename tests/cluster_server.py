@@ -17,19 +17,28 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.redis_server import REDIS_SERVER, free_port
+
+if TYPE_CHECKING:
+    from tests.deploy.proxies import TLSFiles
 
 REDIS_CLI = shutil.which("redis-cli")
 SKIP_REASON = "redis-server and redis-cli are needed (make test installs them; apt-get install redis-server)"
 
 
-def _command(port: int, *args: str, timeout: float = 2.0) -> str:
+def _tls_args(tls: TLSFiles | None) -> list[str]:
+    """redis-cli's options for a TLS node (none for plain TCP)."""
+    return ["--tls", "--cacert", str(tls.ca)] if tls is not None else []
+
+
+def _command(port: int, *args: str, timeout: float = 2.0, tls: TLSFiles | None = None) -> str:
     """Run one command on a node with redis-cli and return its output ('' if the node does not answer)."""
     assert REDIS_CLI is not None
     try:
         done = subprocess.run(
-            [REDIS_CLI, "-h", "127.0.0.1", "-p", str(port), *args],
+            [REDIS_CLI, "-h", "127.0.0.1", "-p", str(port), *_tls_args(tls), *args],
             capture_output=True,
             timeout=timeout,
             check=False,
@@ -48,6 +57,7 @@ class ClusterNode:
     node_timeout_ms: int
     bus_port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    tls: TLSFiles | None = None  # serve TLS only (clients and the cluster bus), on ``port``
 
     def __post_init__(self) -> None:
         if not self.bus_port:
@@ -61,8 +71,7 @@ class ClusterNode:
         self.process = subprocess.Popen(
             [
                 REDIS_SERVER,
-                "--port",
-                str(self.port),
+                *self._listen_args(),
                 "--bind",
                 "127.0.0.1",
                 "--dir",
@@ -94,10 +103,20 @@ class ClusterNode:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited: {self.log_tail()}")
-            if _command(self.port, "PING").strip() == "PONG":
+            if self.info("PING").strip() == "PONG":
                 return
             time.sleep(0.02)
         raise RuntimeError(f"cluster node on port {self.port} did not start")
+
+    def _listen_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        files = self.tls
+        return [
+            *("--port", "0", "--tls-port", str(self.port), "--tls-cluster", "yes", "--tls-auth-clients", "no"),
+            *("--tls-cert-file", str(files.certificate), "--tls-key-file", str(files.key)),
+            *("--tls-ca-cert-file", str(files.ca)),
+        ]
 
     @property
     def alive(self) -> bool:
@@ -118,7 +137,7 @@ class ClusterNode:
 
     def info(self, *args: str) -> str:
         """A command's output from this node."""
-        return _command(self.port, *args)
+        return _command(self.port, *args, tls=self.tls)
 
 
 class LocalCluster:
@@ -126,23 +145,30 @@ class LocalCluster:
 
     Args:
         node_timeout_ms: ``cluster-node-timeout``; short in failover tests so a replica takes over fast.
+        tls: serve TLS only, with this certificate (its CA in the URL).
     """
 
-    def __init__(self, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 5000, tls: TLSFiles | None = None
+    ) -> None:
         if REDIS_SERVER is None or REDIS_CLI is None:
             raise RuntimeError(SKIP_REASON)
         self.root = Path(tempfile.mkdtemp(prefix="ssehub-cluster-"))
         self.masters = masters
         self.replicas = replicas
+        self.tls = tls
         self.nodes = [
-            ClusterNode(port, self.root / str(port), node_timeout_ms)
+            ClusterNode(port, self.root / str(port), node_timeout_ms, tls=tls)
             for port in (free_port() for _ in range(masters * (1 + replicas)))
         ]
 
     @property
     def url(self) -> str:
-        """``redis+cluster://`` with every node as a seed."""
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+        """``redis+cluster://`` (``rediss+cluster://`` with the CA) with every node as a seed."""
+        hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+        if self.tls is not None:
+            return f"rediss+cluster://{hosts}?ssl_ca_certs={self.tls.ca}"
+        return f"redis+cluster://{hosts}"
 
     def start(self, timeout: float = 60.0) -> None:
         """Spawn the nodes, create the cluster and wait until every node reports ``cluster_state:ok``."""
@@ -152,6 +178,7 @@ class LocalCluster:
         created = subprocess.run(
             [
                 REDIS_CLI,
+                *_tls_args(self.tls),
                 "--cluster",
                 "create",
                 *(f"127.0.0.1:{node.port}" for node in self.nodes),
@@ -252,9 +279,11 @@ class LocalCluster:
 
 
 @contextlib.contextmanager
-def local_cluster(masters: int = 3, replicas: int = 0, node_timeout_ms: int = 5000) -> Iterator[LocalCluster]:
+def local_cluster(
+    masters: int = 3, replicas: int = 0, node_timeout_ms: int = 5000, tls: TLSFiles | None = None
+) -> Iterator[LocalCluster]:
     """A started LocalCluster, closed on exit."""
-    cluster = LocalCluster(masters, replicas, node_timeout_ms)
+    cluster = LocalCluster(masters, replicas, node_timeout_ms, tls)
     try:
         cluster.start()
         yield cluster

@@ -34,7 +34,9 @@ def create_broker(settings: Settings) -> Broker:
             history_ttl=settings.history_ttl,
             max_channels=settings.max_channels,
         )
-    if settings.broker_url.startswith("redis+cluster://"):
+    from ssehub.brokers._cluster_layout import is_cluster_url
+
+    if is_cluster_url(settings.broker_url):
         from ssehub.brokers.cluster import ClusterBroker
 
         return ClusterBroker.from_settings(settings)

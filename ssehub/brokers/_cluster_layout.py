@@ -12,43 +12,69 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from ssehub.brokers._redis_layout import RedisLayout
 from ssehub.exceptions import InvalidValueError
 
 SLOTS = 16384
 SCHEME = "redis+cluster"
+TLS_SCHEME = "rediss+cluster"
+#: Query options of a ``rediss+cluster://`` URL, passed to every connection as redis-py's keyword arguments.
+TLS_OPTIONS = frozenset({"ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"})
 
 
 @dataclass(frozen=True, slots=True)
 class ClusterTarget:
-    """The seed nodes and credentials of a ``redis+cluster://[user:password@]host:port[,host:port...]`` URL."""
+    """The seed nodes, credentials and TLS options of a ``redis+cluster://`` or ``rediss+cluster://`` URL.
+
+    ``tls`` is empty for plain TCP; otherwise redis-py's ``ssl=True`` and the URL's ``ssl_*`` options.
+    """
 
     nodes: tuple[tuple[str, int], ...]
     credentials: dict[str, Any] = field(default_factory=dict)
+    tls: dict[str, Any] = field(default_factory=dict)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """What every connection to a node of this cluster takes besides the shared options."""
+        return {**self.credentials, **self.tls}
 
     def describe(self) -> str:
         """The target without credentials, for logs and /health."""
-        return f"{SCHEME}://" + ",".join(f"{host}:{port}" for host, port in self.nodes)
+        return f"{TLS_SCHEME if self.tls else SCHEME}://" + ",".join(f"{host}:{port}" for host, port in self.nodes)
 
 
 def is_cluster_url(url: str) -> bool:
-    """Whether ``url`` names a Redis Cluster (its scheme is ``redis+cluster``)."""
-    return url.partition("://")[0].lower() == SCHEME
+    """Whether ``url`` names a Redis Cluster (its scheme is ``redis+cluster`` or ``rediss+cluster``)."""
+    return url.partition("://")[0].lower() in {SCHEME, TLS_SCHEME}
 
 
 def parse_cluster_url(url: str) -> ClusterTarget:
-    """Parse a ``redis+cluster://`` URL.
+    """Parse a ``redis+cluster://`` URL, or a ``rediss+cluster://`` one (TLS; ``ssl_*`` query options).
 
     Raises:
-        InvalidValueError: another scheme, no host, a host without port, a path or query options.
+        InvalidValueError: another scheme, no host, a host without port, a path, or query options other than
+            the TLS ones of a ``rediss+cluster://`` URL.
     """
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() != SCHEME:
-        raise InvalidValueError(f"a Redis Cluster broker URL starts with {SCHEME}://")
-    if "?" in rest or "/" in rest.strip("/"):
-        raise InvalidValueError(f"{SCHEME}:// URL: expected user:password@host:port,host:port and nothing after")
+    scheme = scheme.lower()
+    if not sep or scheme not in {SCHEME, TLS_SCHEME}:
+        raise InvalidValueError(f"a Redis Cluster broker URL starts with {SCHEME}:// or {TLS_SCHEME}://")
+    rest, has_query, query = rest.partition("?")
+    if (has_query and scheme != TLS_SCHEME) or "/" in rest.strip("/"):
+        raise InvalidValueError(f"{scheme}:// URL: expected user:password@host:port,host:port and nothing after")
+    tls: dict[str, Any] = {}
+    if scheme == TLS_SCHEME:
+        options = {key: values[-1] for key, values in parse_qs(query, keep_blank_values=True).items()}
+        unknown = sorted(set(options) - TLS_OPTIONS)
+        if unknown:
+            raise InvalidValueError(f"{scheme}:// URL: unknown options {unknown}; known: {sorted(TLS_OPTIONS)}")
+        if "ssl_check_hostname" in options:
+            flag = options.pop("ssl_check_hostname").lower()
+            if flag not in {"true", "false"}:
+                raise InvalidValueError(f"{scheme}:// URL: ssl_check_hostname is true or false")
+            tls["ssl_check_hostname"] = flag == "true"
+        tls = {"ssl": True, **options, **tls}
     userinfo, _, hosts = rest.strip("/").rpartition("@")
     credentials: dict[str, Any] = {}
     if userinfo:
@@ -63,9 +89,9 @@ def parse_cluster_url(url: str) -> ClusterTarget:
     for item in hosts.split(","):
         host, _, port = item.strip().rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise InvalidValueError(f"{SCHEME}:// URL: expected host:port, got {item.strip()[:60]!r}")
+            raise InvalidValueError(f"{scheme}:// URL: expected host:port, got {item.strip()[:60]!r}")
         nodes.append((host.strip("[]"), int(port)))
-    return ClusterTarget(tuple(nodes), credentials)
+    return ClusterTarget(tuple(nodes), credentials, tls)
 
 
 def key_slot(key: str) -> int:

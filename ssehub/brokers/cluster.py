@@ -54,7 +54,8 @@ class ClusterBroker(Broker):
     """A broker on Redis Cluster (>= 7.0). Needs ``pip install 'ssehub[redis]'``.
 
     Args:
-        url: ``redis+cluster://[user:password@]host:port[,host:port...]`` (seed nodes; the rest is discovered).
+        url: ``redis+cluster://[user:password@]host:port[,host:port...]`` (seed nodes; the rest is discovered),
+            or ``rediss+cluster://...?ssl_ca_certs=...`` for TLS.
         prefix: what every key name is built on; hubs sharing channels must agree on it.
         history_size: events kept per channel.
         history_ttl: seconds an event is kept.

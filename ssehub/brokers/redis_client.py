@@ -2,9 +2,10 @@
 
 One factory, one set of options: the same timeouts, keepalive and retry policy for every client ssehub
 builds, whether the URL names one server (``redis://``, ``rediss://`` for TLS, ``unix://``), Sentinels
-(``redis+sentinel://``) or a Redis Cluster (``redis+cluster://``: redis-py's cluster client for the broker's
-commands, plain clients to single masters for its sharded pub/sub and for the publishers). redis-py is
-imported only when a client is built, so that ``import ssehub`` works without the ``ssehub[redis]`` extra.
+(``redis+sentinel://``) or a Redis Cluster (``redis+cluster://``, ``rediss+cluster://`` for TLS: redis-py's
+cluster client for the broker's commands, plain clients to single masters for its sharded pub/sub and for the
+publishers, all with the URL's credentials and TLS options). redis-py is imported only when a client is built,
+so that ``import ssehub`` works without the ``ssehub[redis]`` extra.
 
 No retries inside redis-py, for any client: a publish retried after a timeout could store an event twice, and
 the broker's pub/sub reader does its own reconnection (it must catch up from history, which redis-py's
@@ -219,7 +220,7 @@ def connect_cluster(target: ClusterTarget, options: ClientOptions) -> RedisClust
         retry=Retry(NoBackoff(), 0),
         require_full_coverage=False,
         **options.connection_kwargs(),
-        **target.credentials,
+        **target.client_kwargs(),
     )
 
 
@@ -242,7 +243,7 @@ def connect_node(
         max_connections=max_connections or options.pool_size,
         retry=Retry(NoBackoff(), 0),
         **options.connection_kwargs(),
-        **target.credentials,
+        **target.client_kwargs(),
     )
 
 
@@ -258,5 +259,5 @@ def connect_node_sync(target: ClusterTarget, host: str, port: int, options: Clie
         max_connections=options.pool_size,
         retry=Retry(NoBackoff(), 0),
         **options.connection_kwargs(),
-        **target.credentials,
+        **target.client_kwargs(),
     )

@@ -101,8 +101,12 @@ class TLSFiles:
     key: Path
 
 
-def make_test_ca(directory: Path, names: Sequence[str] = ("localhost",)) -> TLSFiles:
-    """Generate a CA and a server certificate for ``names`` and 127.0.0.1 (ECDSA P-256, valid for a day)."""
+def make_test_ca(directory: Path, names: Sequence[str] = ("localhost",), *, client_auth: bool = False) -> TLSFiles:
+    """Generate a CA and a server certificate for ``names`` and 127.0.0.1 (ECDSA P-256, valid for a day).
+
+    ``client_auth``: the certificate may also authenticate its holder as a client (Redis Cluster nodes present
+    it to each other on the cluster bus).
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -150,7 +154,12 @@ def make_test_ca(directory: Path, names: Sequence[str] = ("localhost",)) -> TLSF
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, *([ExtendedKeyUsageOID.CLIENT_AUTH] if client_auth else [])]
+            ),
+            critical=False,
+        )
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
