@@ -106,8 +106,9 @@ class ClusterBatch:
     """One publish (or publish_many) on a cluster, without I/O: what to send to which master, and each outcome.
 
     ``calls(topology)`` groups the events still to send by master, in order; the caller runs each master's
-    calls in order (a pipeline each), reports ``record``/``fail``, and asks ``again()`` whether a second pass
-    is worth it (some calls certainly did not run because its view was stale, or a node lacked the script).
+    calls in order (a pipeline each), reports ``record``/``fail``, and asks ``again()`` whether another pass
+    is worth it (some calls certainly did not run because its view was stale, or a master lacked the script);
+    at most PASSES passes.
     """
 
     def __init__(
@@ -184,7 +185,7 @@ class ClusterBatch:
         self._todo = []
 
     def again(self) -> bool:
-        """Whether a second pass should send the events that certainly did not run.
+        """Whether another pass should send the events that certainly did not run.
 
         An event is sent again only if no later event of its channel may have run: resending it then cannot
         put it after one of them. The others keep their error.
