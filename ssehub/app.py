@@ -19,10 +19,11 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Mount, Route
 
@@ -151,8 +152,11 @@ class StreamEndpoint:
         self.cors = CorsPolicy(settings.allowed_origins)
         self.limits = limits or StreamLimits(settings.max_streams_per_client, settings.max_streams_per_identity)
 
-    def _request_args(self, request: Request) -> tuple[list[str], dict[str, str], str | None]:
-        params = request.query_params
+    def _request_args(self, scope: Scope) -> tuple[list[str], dict[str, str], str | None]:
+        # Read from the scope as Starlette's Request would (a parameter given twice: the last one wins, as
+        # QueryParams has it; a header given twice: the first), without building its multi-dicts per open.
+        items = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        params = dict(items)
         if self.channels is not None:
             channels = list(self.channels)
         elif "channels" in params:
@@ -164,26 +168,25 @@ class StreamEndpoint:
         else:
             channels = list(self.hub.settings.default_channels)
         filters: dict[str, str] = {}
-        for name, value in params.multi_items():
+        for name, value in items:
             if name in RESERVED_PARAMS or name.startswith("_"):
                 continue
             if name in filters:
                 raise InvalidValueError(f"filter {name!r} is given twice", "INVALID_FILTER")
             filters[name] = value
         if self.filter_param is not None:
-            value = request.path_params[self.filter_param]
+            value = scope["path_params"][self.filter_param]
             if _PATH_ID.fullmatch(value) is None:
                 raise InvalidValueError(
                     f"invalid {self.filter_param} {value[:80]!r}: use 1-128 of A-Z a-z 0-9 _ . : -", "INVALID_FILTER"
                 )
             filters[self.filter_param] = value
-        last_event_id = request.headers.get("last-event-id")
+        last_event_id = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"last-event-id"), None)
         if last_event_id is None:
             last_event_id = params.get("lastEventId")
         return channels, filters, last_event_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
         hub = self.hub
         # CORS headers go into this endpoint's own answers (a wrapped send would turn the fast path off).
         cors = self.cors.headers(scope)
@@ -192,13 +195,13 @@ class StreamEndpoint:
             await _refuse(hub, refusal, cors, scope, receive, send)
             return
         try:
-            channels, filters, last_event_id = self._request_args(request)
-            grant = await hub.auth.stream_grant(request, channels)  # the one auth check of this stream
+            channels, filters, last_event_id = self._request_args(scope)
+            # The one auth check of this stream (an open hub reads nothing of the request).
+            grant = await hub.auth.stream_grant(HTTPConnection(scope), channels)
             lease = self.limits.acquire(client_address(scope), identity_of(grant))
         except _HUB_ERRORS as exc:
             await _refuse(hub, _error_for(exc), cors, scope, receive, send)
             return
-        del request  # nothing of the request is needed while the stream lives
         try:
             try:
                 sub = await hub.open(
@@ -300,6 +303,51 @@ async def _health(request: Request) -> Response:
     return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
 
+def _route_path(scope: Scope) -> str:
+    """The request path relative to where the API is mounted (``root_path`` stripped), as Starlette routes it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root) :]
+    return path
+
+
+class StreamTable:
+    """The stream routes as a lookup table: a stream's path to its endpoint in one dictionary lookup.
+
+    A reconnect storm is thousands of stream opens at once, and Starlette's matchers try each route's regular
+    expression in turn. Exact paths (``/stream``) are a dictionary; a path ending in one parameter
+    (``/downloads/{download_id}``) is a prefix and a segment without ``/``, as Starlette's ``str`` convertor
+    matches it. Routes of another shape are not in the table and keep Starlette's matching.
+    """
+
+    _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+    def __init__(self, routes: list[tuple[str, StreamEndpoint]]) -> None:
+        self._exact: dict[str, StreamEndpoint] = {}
+        self._prefixed: list[tuple[str, str, StreamEndpoint]] = []
+        for path, endpoint in routes:
+            params = self._PARAM.findall(path)
+            if not params:
+                self._exact[path] = endpoint
+                continue
+            prefix = path.removesuffix("{" + params[0] + "}")
+            if len(params) == 1 and "{" not in prefix and prefix.endswith("/"):
+                self._prefixed.append((prefix, params[0], endpoint))
+
+    def find(self, path: str) -> tuple[StreamEndpoint, dict[str, str]] | None:
+        """The endpoint for ``path`` and its path parameters, or ``None`` (then Starlette's routing decides)."""
+        endpoint = self._exact.get(path)
+        if endpoint is not None:
+            return endpoint, {}
+        for prefix, name, endpoint in self._prefixed:
+            if path.startswith(prefix):
+                value = path[len(prefix) :]
+                if value and "/" not in value:
+                    return endpoint, {name: value}
+        return None
+
+
 class API:
     """The HTTP API as one ASGI app, with paths relative to where it is mounted.
 
@@ -319,6 +367,7 @@ class API:
         routes = self.routes(hub, self.stream_limits)
         #: The stream routes: those whose endpoint is a StreamEndpoint.
         self.stream_routes = [r for r in routes if isinstance(r, Route) and isinstance(r.app, StreamEndpoint)]
+        self._streams = StreamTable([(r.path, r.app) for r in self.stream_routes if isinstance(r.app, StreamEndpoint)])
         self._other = Starlette(routes=routes, exception_handlers=_EXCEPTION_HANDLERS)
         self._other.state.hub = hub
         self._other.state.publish_rate = RateLimiter(settings.publish_rate, settings.publish_burst)
@@ -343,8 +392,18 @@ class API:
             *([Route("/test/echo", echo, methods=["POST"])] if hub.settings.enable_test_endpoints else []),
         ]
 
+    def stream_target(self, path: str) -> tuple[StreamEndpoint, dict[str, str]] | None:
+        """The stream endpoint serving a ``GET`` of ``path`` (relative to the mount point), and its path parameters."""
+        return self._streams.find(path)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if scope["method"] == "GET":
+                found = self._streams.find(_route_path(scope))
+                if found is not None:
+                    scope["path_params"] = found[1]
+                    await found[0](scope, receive, send)  # adds its own CORS headers
+                    return
             if self.cors.is_preflight(scope):
                 await self.cors.preflight(scope)(scope, receive, send)
                 return
@@ -377,7 +436,8 @@ class App:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.api = API(hub)
-        self._mount = Mount(hub.settings.prefix, app=self.api)
+        self._prefix = hub.settings.prefix
+        self._mount = Mount(self._prefix, app=self.api)
         self.metrics = metrics = create_metrics(hub)  # at /metrics, outside the prefix a proxy forwards
         # With an empty prefix the API's mount matches every path: /metrics must be looked for first.
         self._metrics_path = "/metrics" if metrics is not None else None
@@ -399,6 +459,15 @@ class App:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] != self._metrics_path:
+            path = scope["path"]
+            if scope["method"] == "GET" and not scope.get("root_path") and path.startswith(self._prefix):
+                # A stream open, the hot path of a reconnect storm: one dictionary lookup, not two regex matchers.
+                found = self.api.stream_target(path[len(self._prefix) :])
+                if found is not None:
+                    # What the mount's and the route's matching would have added to the scope.
+                    scope.update(path_params=found[1], root_path=self._prefix, app_root_path="")
+                    await found[0](scope, receive, send)
+                    return
             match, child_scope = self._mount.matches(scope)
             if match is Match.FULL:
                 scope.update(child_scope)

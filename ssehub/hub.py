@@ -412,6 +412,12 @@ class Hub:
 
     async def _acquire_broker_channels(self, channels: Sequence[str]) -> None:
         # Serialized with releases so that the broker never sees subscribe and unsubscribe of one channel race.
+        broker_channels = self._broker_channels
+        if not self._sync_lock.locked() and all(name in broker_channels for name in channels):
+            # The common open: its channels are subscribed and no release is running (one would hold the lock);
+            # a release still to come sees them in the index again and keeps them.
+            self._to_release.difference_update(channels)
+            return
         async with self._sync_lock:
             for name in channels:
                 self._to_release.discard(name)
