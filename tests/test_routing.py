@@ -34,7 +34,7 @@ def test_table_matches_as_starlette_does(path: str) -> None:
     """For every path, the table finds the endpoint and parameters Starlette's matchers find, or none."""
     hub = Hub(make_settings())
     routes = [r for r in API.routes(hub) if isinstance(r, Route) and isinstance(r.app, StreamEndpoint)]
-    table = StreamTable([(r.path, r.app) for r in routes])
+    table = StreamTable([(r.path, r.app) for r in routes if isinstance(r.app, StreamEndpoint)])
     expected = None
     for route in routes:
         match, child = route.matches({"type": "http", "path": path, "method": "GET", "root_path": ""})
