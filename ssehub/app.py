@@ -48,6 +48,7 @@ from ssehub.exceptions import (
 from ssehub.hub import Hub
 from ssehub.limits import (
     RateLimiter,
+    StreamLease,
     StreamLimits,
     client_address,
     drain_before_refusal,
@@ -57,6 +58,8 @@ from ssehub.limits import (
 )
 from ssehub.metrics import create_metrics
 from ssehub.settings import Settings
+from ssehub.subscription import Subscription
+from ssehub.writer import Writer
 
 logger = logging.getLogger("ssehub.app")
 
@@ -186,48 +189,83 @@ class StreamEndpoint:
             last_event_id = params.get("lastEventId")
         return channels, filters, last_event_id
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def open(
+        self, scope: Scope, *, send: Send | None = None, writer: Writer | None = None
+    ) -> OpenedStream | JSONResponse:
+        """Check, authenticate and open a stream request: the open stream, or the refusal to answer with.
+
+        Nothing is written here. The caller starts the response with :attr:`OpenedStream.headers`, streams, and
+        calls :meth:`OpenedStream.release` (an ASGI ``send`` picks the writer; ``writer`` imposes one).
+        A refusal carries the request's CORS headers (a page can read it) and is counted by its code.
+        """
         hub = self.hub
         # CORS headers go into this endpoint's own answers (a wrapped send would turn the fast path off).
         cors = self.cors.headers(scope)
         if not hub.settings.enable_sse:
             refusal = error_response(503, "SSE_DISABLED", "server-sent events are disabled (SSEHUB_ENABLE_SSE)")
-            await _refuse(hub, refusal, cors, scope, receive, send)
-            return
+            return _refusal(hub, refusal, cors)
         try:
             channels, filters, last_event_id = self._request_args(scope)
             # The one auth check of this stream (an open hub reads nothing of the request).
             grant = await hub.auth.stream_grant(HTTPConnection(scope), channels)
             lease = self.limits.acquire(client_address(scope), identity_of(grant))
         except _HUB_ERRORS as exc:
-            await _refuse(hub, _error_for(exc), cors, scope, receive, send)
+            return _refusal(hub, _error_for(exc), cors)
+        try:
+            sub = await hub.open(
+                channels,
+                filters=filters,
+                last_event_id=last_event_id,
+                send=send,
+                scope=scope,
+                grant=grant,
+                writer=writer,
+            )
+        except _HUB_ERRORS as exc:
+            lease.release()
+            return _refusal(hub, _error_for(exc), cors)
+        except BaseException:
+            lease.release()
+            raise
+        return OpenedStream(hub, sub, lease, _STREAM_HEADERS + cors if cors else _STREAM_HEADERS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        opened = await self.open(scope, send=send)
+        if isinstance(opened, JSONResponse):
+            await opened(scope, receive, send)
             return
         try:
-            try:
-                sub = await hub.open(
-                    channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope, grant=grant
-                )
-            except _HUB_ERRORS as exc:
-                await _refuse(hub, _error_for(exc), cors, scope, receive, send)
-                return
-            try:
-                headers = _STREAM_HEADERS + cors if cors else _STREAM_HEADERS
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
-                await sub.stream(receive)
-            finally:
-                hub.release(sub)
+            await send({"type": "http.response.start", "status": 200, "headers": opened.headers})
+            await opened.sub.stream(receive)
         finally:
-            lease.release()
+            opened.release()
 
 
-async def _refuse(
-    hub: Hub, response: JSONResponse, cors: list[tuple[bytes, bytes]], scope: Scope, receive: Receive, send: Send
-) -> None:
-    """Send a stream endpoint's refusal with the request's CORS headers, so that a page can read the error;
-    count it by its code (``ssehub_streams_refused_total``)."""
+class OpenedStream:
+    """A stream request that passed every check: its subscription, limits lease and response headers."""
+
+    __slots__ = ("headers", "hub", "lease", "sub")
+
+    def __init__(self, hub: Hub, sub: Subscription, lease: StreamLease, headers: list[tuple[bytes, bytes]]) -> None:
+        self.hub = hub
+        self.sub = sub
+        self.lease = lease
+        self.headers = headers
+
+    def release(self) -> None:
+        """Give back what the stream holds (its subscription, then its count); call it once, when it ended."""
+        try:
+            self.hub.release(self.sub)
+        finally:
+            self.lease.release()
+
+
+def _refusal(hub: Hub, response: JSONResponse, cors: list[tuple[bytes, bytes]]) -> JSONResponse:
+    """A stream endpoint's refusal with the request's CORS headers, so that a page can read the error;
+    counted by its code (``ssehub_streams_refused_total``)."""
     hub.stats.count_refusal(json.loads(bytes(response.body))["code"])
     response.raw_headers.extend(cors)
-    await response(scope, receive, send)
+    return response
 
 
 async def _publish(request: Request) -> Response:
@@ -457,15 +495,22 @@ class App:
         self.state = self._starlette.state
         self.state.hub = hub
 
+    def stream_target(self, path: str) -> tuple[StreamEndpoint, dict[str, str], str] | None:
+        """The stream endpoint serving a ``GET`` of ``path`` (the full path), its path parameters, and the
+        ``root_path`` the API's mount gives it; ``None`` when ``path`` is not a stream route."""
+        if path == self._metrics_path or not path.startswith(self._prefix):
+            return None
+        found = self.api.stream_target(path[len(self._prefix) :])
+        return None if found is None else (found[0], found[1], self._prefix)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] != self._metrics_path:
-            path = scope["path"]
-            if scope["method"] == "GET" and not scope.get("root_path") and path.startswith(self._prefix):
+            if scope["method"] == "GET" and not scope.get("root_path"):
                 # A stream open, the hot path of a reconnect storm: one dictionary lookup, not two regex matchers.
-                found = self.api.stream_target(path[len(self._prefix) :])
+                found = self.stream_target(scope["path"])
                 if found is not None:
                     # What the mount's and the route's matching would have added to the scope.
-                    scope.update(path_params=found[1], root_path=self._prefix, app_root_path="")
+                    scope.update(path_params=found[1], root_path=found[2], app_root_path="")
                     await found[0](scope, receive, send)
                     return
             match, child_scope = self._mount.matches(scope)

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ssehub._uvicorn import NativeStreams, native_streams
+
 if TYPE_CHECKING:
     from uvicorn.config import Config
     from uvicorn.server import ServerState
@@ -78,10 +80,14 @@ class _GuardState:
         "linger_timer",
         "max_drain",
         "max_head",
+        "native",
         "refused",
     )
 
-    def __init__(self, header_timeout: float, max_header_bytes: int, max_drain_bytes: int) -> None:
+    def __init__(
+        self, header_timeout: float, max_header_bytes: int, max_drain_bytes: int, native: NativeStreams | None
+    ) -> None:
+        self.native = native  # ssehub's own stream path (ssehub/_uvicorn.py), shared by the process's connections
         self.header_timeout = header_timeout
         self.max_head = max_header_bytes
         self.max_drain = max_drain_bytes
@@ -113,11 +119,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         header_timeout: float,
         max_header_bytes: int,
         max_drain_bytes: int,
+        native: NativeStreams | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         # One attribute for all of the guard's state: uvicorn's protocol has ~28 attributes, and an instance
         # with more than 30 loses CPython's shared-key dictionary (about 1.3 KiB more per open connection).
-        self._guard = _GuardState(header_timeout, max_header_bytes, max_drain_bytes)
+        self._guard = _GuardState(header_timeout, max_header_bytes, max_drain_bytes, native)
 
     # -- connection ---------------------------------------------------------------------------------------
 
@@ -184,9 +191,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._guard.in_head = False
-        self._guard.boundary = True
+        guard = self._guard
+        guard.in_head = False
+        guard.boundary = True
         self._cancel_head_timer()
+        if guard.native is not None and guard.native.serve(self):
+            return  # a stream request, served by ssehub itself on this connection
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -248,10 +258,19 @@ class GuardedProtocolFactory:
     An instance rather than a class made on the fly, so that it pickles for worker processes.
     """
 
-    def __init__(self, header_timeout: float, max_header_bytes: int, max_drain_bytes: int) -> None:
+    def __init__(
+        self, header_timeout: float, max_header_bytes: int, max_drain_bytes: int, *, native: bool = True
+    ) -> None:
         self.header_timeout = header_timeout
         self.max_header_bytes = max_header_bytes
         self.max_drain_bytes = max_drain_bytes
+        self.native = native
+        self._native: NativeStreams | bool | None = native  # resolved on the first connection, per process
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_native"] = self.native  # resolved again in the process that unpickles it
+        return state
 
     def __call__(
         self,
@@ -260,6 +279,9 @@ class GuardedProtocolFactory:
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> GuardedHttpToolsProtocol:
+        native = self._native
+        if isinstance(native, bool):
+            native = self._native = native_streams(config) if native else None
         return GuardedHttpToolsProtocol(
             config,
             server_state,
@@ -268,6 +290,7 @@ class GuardedProtocolFactory:
             header_timeout=self.header_timeout,
             max_header_bytes=self.max_header_bytes,
             max_drain_bytes=self.max_drain_bytes,
+            native=native,
         )
 
 
@@ -276,7 +299,7 @@ def trusted_proxy_networks(settings: Settings) -> list[str]:
     return [str(ipaddress.ip_network(entry, strict=False)) for entry in settings.trusted_proxies]
 
 
-def uvicorn_options(settings: Settings) -> dict[str, Any]:
+def uvicorn_options(settings: Settings, *, native: bool = True) -> dict[str, Any]:
     """The ``uvicorn.Config`` options that apply ssehub's settings on slow clients, head size and proxies.
 
     ``ssehub serve`` uses them; pass them too when you run ``create_app`` under your own uvicorn::
@@ -285,7 +308,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """
     networks = trusted_proxy_networks(settings)
     return {
-        "http": GuardedProtocolFactory(settings.header_timeout, settings.max_header_bytes, settings.max_drain_bytes),
+        "http": GuardedProtocolFactory(
+            settings.header_timeout, settings.max_header_bytes, settings.max_drain_bytes, native=native
+        ),
         "proxy_headers": bool(networks),
         "forwarded_allow_ips": networks,
         "h11_max_incomplete_event_size": settings.max_header_bytes,
