@@ -13,6 +13,14 @@ versions that test passed on, and :data:`TESTED` names them): ``send`` is the bo
 ``flow`` (with ``write_paused`` and ``drain()``), ``disconnected``, ``chunked_encoding`` (``True`` once a
 chunked response started) and ``message_event`` (an ``asyncio.Event`` that ``receive()`` waits on).
 Anything else, and the portable writer is used, with the reason logged.
+
+Native streams (:class:`NativeStreams`, under ``ssehub serve``'s protocol, ``ssehub/guard.py``) go further: a
+plain stream request is answered on uvicorn's connection without its request cycle. They rely on uvicorn's
+httptools protocol having ``parser``, ``url``, ``headers``, ``scope``, ``expect_100_continue``, ``root_path``,
+``limit_concurrency``, ``cycle``, ``loop``, ``tasks``, ``transport``, ``flow``, ``server_state`` (its
+``default_headers``), ``access_log``/``access_logger`` and ``on_response_complete()``, and on its using of a cycle
+only ``response_complete``, ``keep_alive``, ``more_body``, ``body``, ``disconnected`` and ``message_event.set()``
+(``tests/test_uvicorn_contract.py`` pins these too).
 """
 
 from __future__ import annotations
@@ -385,8 +393,10 @@ class NativeStream:
             else:
                 transport.close()
         finally:
-            await writer.stop()
-            opened.release()
+            try:
+                await writer.stop()
+            finally:
+                opened.release()
 
     def _log_access(self, status: int) -> None:
         """uvicorn's access-log line for this request, as its request cycle writes it (only when it logs them)."""
