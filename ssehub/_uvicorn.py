@@ -131,7 +131,8 @@ class DirectWriter(Writer):
         if self._task is not None:
             return  # a write waits for the transport to drain; it takes the rest when it runs
         cycle = self._cycle
-        if cycle.disconnected:
+        if cycle.disconnected or cycle.transport.is_closing():
+            # (uvicorn reports a disconnect to the newest cycle only: one pipelined behind a stream hides it.)
             connection.close("client")
             return
         if cycle.flow.write_paused:
@@ -151,7 +152,7 @@ class DirectWriter(Writer):
         finally:
             self._task = None
             connection.notify_drained()
-        if cycle.disconnected:
+        if cycle.disconnected or cycle.transport.is_closing():
             connection.close("client")
 
     def wake(self) -> None:
@@ -341,9 +342,11 @@ class NativeStream:
             opened = await endpoint.open(scope, writer=self._writer)
         except Exception:
             logger.exception("opening a stream failed")
+            self._log_access(scope, 500)
             self._answer(500, [(b"content-type", b"application/json")], _INTERNAL_ERROR, close=True)
             return
         if isinstance(opened, Response):
+            self._log_access(scope, opened.status_code)
             self._answer(opened.status_code, opened.raw_headers, bytes(opened.body), close=False)
             return
         self._opened = opened
@@ -353,6 +356,7 @@ class NativeStream:
                 connection.close("client")
             else:
                 connection.begin()
+                self._log_access(scope, 200)
                 # The head and what is queued (``connected``, maybe ``reset``) in one write.
                 self.transport.write(self._head(opened.headers) + connection.take())
                 await opened.sub.replay()
@@ -398,22 +402,21 @@ class NativeStream:
             finally:
                 opened.release()
 
-    def _log_access(self, status: int) -> None:
+    def _log_access(self, scope: Scope, status: int) -> None:
         """uvicorn's access-log line for this request, as its request cycle writes it (only when it logs them)."""
         protocol = self.protocol
         if protocol.access_log:
-            scope: Any = protocol.scope
+            www: Any = scope
             protocol.access_logger.info(
                 '%s - "%s %s HTTP/%s" %d',
-                get_client_addr(scope),
+                get_client_addr(www),
                 scope["method"],
-                get_path_with_query_string(scope),
+                get_path_with_query_string(www),
                 scope["http_version"],
                 status,
             )
 
     def _head(self, headers: list[tuple[bytes, bytes]]) -> bytes:
-        self._log_access(200)
         parts = [b"HTTP/1.1 200 OK\r\n"]
         for name, value in (*self.protocol.server_state.default_headers, *headers):
             parts += (name, b": ", value, b"\r\n")
@@ -424,7 +427,6 @@ class NativeStream:
 
     def _answer(self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes, *, close: bool) -> None:
         """A complete answer (a refusal) written as uvicorn would; the connection stays open unless ``close``."""
-        self._log_access(status)
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())]
         close = close or not self.keep_alive
         for name, value in (*self.protocol.server_state.default_headers, *headers):

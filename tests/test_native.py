@@ -20,6 +20,7 @@ from ssehub import Hub, create_app
 from ssehub.guard import uvicorn_options
 from ssehub.testing import running_server
 from tests.conftest import Server, make_settings
+from tests.helpers import health
 from tests.helpers import wait_for_connections as wait_via_health
 from tests.rawhttp import address, api_path, parse_response
 
@@ -152,4 +153,23 @@ async def test_live_native_streams_hold_no_task() -> None:
                 assert (await read_head(reader))[0] == 200
             await wait_for_connections(server, 20)
             assert tasks_in_server() <= before + 1  # + the counting task itself
+        await wait_for_connections(server, 0)
+
+
+async def test_a_stream_with_a_request_pipelined_behind_it_is_released_when_the_client_leaves() -> None:
+    """uvicorn reports a disconnect to the newest request only; the stream ahead of it still ends on its next write."""
+    with native_server() as server:
+        async with raw_connection(server) as (reader, writer):
+            writer.write(get(f"{api_path(server)}/stream?channels=a") + get(f"{api_path(server)}/health"))
+            assert (await read_head(reader))[0] == 200
+            await wait_for_connections(server, 1)
+        # The server reads nothing more from that connection (the pipelined request paused reading), so it learns
+        # of the close from a failed write: publish until the stream is gone (bounded).
+        async with httpx.AsyncClient(timeout=5) as client:
+            for n in range(50):
+                response = await client.post(f"{server.api}/publish", json={"channel": "a", "event": "e", "data": n})
+                assert response.status_code == 201
+                if (await health(client, server))["active_connections"] == 0:
+                    break
+                await asyncio.sleep(0.1)
         await wait_for_connections(server, 0)
