@@ -40,6 +40,8 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         port=settings.port,
         log_config=logging_config(settings),
         log_level=settings.log_level,
+        # uvicorn builds each access-log line's arguments before the level check: below INFO, not at all.
+        access_log=settings.log_level in ("debug", "info"),
         timeout_graceful_shutdown=settings.shutdown_grace,  # type: ignore[arg-type]  # a float works; typed int
         # Head timeout and size, lingering close, and proxy trust from SSEHUB_TRUSTED_PROXIES.
         **uvicorn_options(settings),

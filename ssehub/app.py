@@ -19,10 +19,11 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Mount, Route
 
@@ -47,6 +48,7 @@ from ssehub.exceptions import (
 from ssehub.hub import Hub
 from ssehub.limits import (
     RateLimiter,
+    StreamLease,
     StreamLimits,
     client_address,
     drain_before_refusal,
@@ -56,6 +58,8 @@ from ssehub.limits import (
 )
 from ssehub.metrics import create_metrics
 from ssehub.settings import Settings
+from ssehub.subscription import Subscription
+from ssehub.writer import Writer
 
 logger = logging.getLogger("ssehub.app")
 
@@ -151,8 +155,11 @@ class StreamEndpoint:
         self.cors = CorsPolicy(settings.allowed_origins)
         self.limits = limits or StreamLimits(settings.max_streams_per_client, settings.max_streams_per_identity)
 
-    def _request_args(self, request: Request) -> tuple[list[str], dict[str, str], str | None]:
-        params = request.query_params
+    def _request_args(self, scope: Scope) -> tuple[list[str], dict[str, str], str | None]:
+        # Read from the scope as Starlette's Request would (a parameter given twice: the last one wins, as
+        # QueryParams has it; a header given twice: the first), without building its multi-dicts per open.
+        items = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        params = dict(items)
         if self.channels is not None:
             channels = list(self.channels)
         elif "channels" in params:
@@ -164,67 +171,101 @@ class StreamEndpoint:
         else:
             channels = list(self.hub.settings.default_channels)
         filters: dict[str, str] = {}
-        for name, value in params.multi_items():
+        for name, value in items:
             if name in RESERVED_PARAMS or name.startswith("_"):
                 continue
             if name in filters:
                 raise InvalidValueError(f"filter {name!r} is given twice", "INVALID_FILTER")
             filters[name] = value
         if self.filter_param is not None:
-            value = request.path_params[self.filter_param]
+            value = scope["path_params"][self.filter_param]
             if _PATH_ID.fullmatch(value) is None:
                 raise InvalidValueError(
                     f"invalid {self.filter_param} {value[:80]!r}: use 1-128 of A-Z a-z 0-9 _ . : -", "INVALID_FILTER"
                 )
             filters[self.filter_param] = value
-        last_event_id = request.headers.get("last-event-id")
+        last_event_id = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"last-event-id"), None)
         if last_event_id is None:
             last_event_id = params.get("lastEventId")
         return channels, filters, last_event_id
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
+    async def open(
+        self, scope: Scope, *, send: Send | None = None, writer: Writer | None = None
+    ) -> OpenedStream | JSONResponse:
+        """Check, authenticate and open a stream request: the open stream, or the refusal to answer with.
+
+        Nothing is written here. The caller starts the response with :attr:`OpenedStream.headers`, streams, and
+        calls :meth:`OpenedStream.release` (an ASGI ``send`` picks the writer; ``writer`` imposes one).
+        A refusal carries the request's CORS headers (a page can read it) and is counted by its code.
+        """
         hub = self.hub
         # CORS headers go into this endpoint's own answers (a wrapped send would turn the fast path off).
         cors = self.cors.headers(scope)
         if not hub.settings.enable_sse:
             refusal = error_response(503, "SSE_DISABLED", "server-sent events are disabled (SSEHUB_ENABLE_SSE)")
-            await _refuse(hub, refusal, cors, scope, receive, send)
-            return
+            return _refusal(hub, refusal, cors)
         try:
-            channels, filters, last_event_id = self._request_args(request)
-            grant = await hub.auth.stream_grant(request, channels)  # the one auth check of this stream
+            channels, filters, last_event_id = self._request_args(scope)
+            # The one auth check of this stream (an open hub reads nothing of the request).
+            grant = await hub.auth.stream_grant(HTTPConnection(scope), channels)
             lease = self.limits.acquire(client_address(scope), identity_of(grant))
         except _HUB_ERRORS as exc:
-            await _refuse(hub, _error_for(exc), cors, scope, receive, send)
-            return
-        del request  # nothing of the request is needed while the stream lives
+            return _refusal(hub, _error_for(exc), cors)
         try:
-            try:
-                sub = await hub.open(
-                    channels, filters=filters, last_event_id=last_event_id, send=send, scope=scope, grant=grant
-                )
-            except _HUB_ERRORS as exc:
-                await _refuse(hub, _error_for(exc), cors, scope, receive, send)
-                return
-            try:
-                headers = _STREAM_HEADERS + cors if cors else _STREAM_HEADERS
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
-                await sub.stream(receive)
-            finally:
-                hub.release(sub)
-        finally:
+            sub = await hub.open(
+                channels,
+                filters=filters,
+                last_event_id=last_event_id,
+                send=send,
+                scope=scope,
+                grant=grant,
+                writer=writer,
+            )
+        except _HUB_ERRORS as exc:
             lease.release()
+            return _refusal(hub, _error_for(exc), cors)
+        except BaseException:
+            lease.release()
+            raise
+        return OpenedStream(hub, sub, lease, _STREAM_HEADERS + cors if cors else _STREAM_HEADERS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        opened = await self.open(scope, send=send)
+        if isinstance(opened, JSONResponse):
+            await opened(scope, receive, send)
+            return
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": opened.headers})
+            await opened.sub.stream(receive)
+        finally:
+            opened.release()
 
 
-async def _refuse(
-    hub: Hub, response: JSONResponse, cors: list[tuple[bytes, bytes]], scope: Scope, receive: Receive, send: Send
-) -> None:
-    """Send a stream endpoint's refusal with the request's CORS headers, so that a page can read the error;
-    count it by its code (``ssehub_streams_refused_total``)."""
+class OpenedStream:
+    """A stream request that passed every check: its subscription, limits lease and response headers."""
+
+    __slots__ = ("headers", "hub", "lease", "sub")
+
+    def __init__(self, hub: Hub, sub: Subscription, lease: StreamLease, headers: list[tuple[bytes, bytes]]) -> None:
+        self.hub = hub
+        self.sub = sub
+        self.lease = lease
+        self.headers = headers
+
+    def release(self) -> None:
+        """Give back what the stream holds (its subscription, then its count); call it once, when it ended."""
+        try:
+            self.hub.release(self.sub)
+        finally:
+            self.lease.release()
+
+
+def _refusal(hub: Hub, response: JSONResponse, cors: list[tuple[bytes, bytes]]) -> JSONResponse:
+    """A stream endpoint's refusal with the request's CORS headers, so that a page can read the error;
+    counted by its code (``ssehub_streams_refused_total``)."""
     hub.stats.count_refusal(json.loads(bytes(response.body))["code"])
     response.raw_headers.extend(cors)
-    await response(scope, receive, send)
+    return response
 
 
 async def _publish(request: Request) -> Response:
@@ -300,6 +341,51 @@ async def _health(request: Request) -> Response:
     return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
 
+def _route_path(scope: Scope) -> str:
+    """The request path relative to where the API is mounted (``root_path`` stripped), as Starlette routes it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root) :]
+    return path
+
+
+class StreamTable:
+    """The stream routes as a lookup table: a stream's path to its endpoint in one dictionary lookup.
+
+    A reconnect storm is thousands of stream opens at once, and Starlette's matchers try each route's regular
+    expression in turn. Exact paths (``/stream``) are a dictionary; a path ending in one parameter
+    (``/downloads/{download_id}``) is a prefix and a segment without ``/``, as Starlette's ``str`` convertor
+    matches it. Routes of another shape are not in the table and keep Starlette's matching.
+    """
+
+    _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+    def __init__(self, routes: list[tuple[str, StreamEndpoint]]) -> None:
+        self._exact: dict[str, StreamEndpoint] = {}
+        self._prefixed: list[tuple[str, str, StreamEndpoint]] = []
+        for path, endpoint in routes:
+            params = self._PARAM.findall(path)
+            if not params:
+                self._exact[path] = endpoint
+                continue
+            prefix = path.removesuffix("{" + params[0] + "}")
+            if len(params) == 1 and "{" not in prefix and prefix.endswith("/"):
+                self._prefixed.append((prefix, params[0], endpoint))
+
+    def find(self, path: str) -> tuple[StreamEndpoint, dict[str, str]] | None:
+        """The endpoint for ``path`` and its path parameters, or ``None`` (then Starlette's routing decides)."""
+        endpoint = self._exact.get(path)
+        if endpoint is not None:
+            return endpoint, {}
+        for prefix, name, endpoint in self._prefixed:
+            if path.startswith(prefix):
+                value = path[len(prefix) :]
+                if value and "/" not in value:
+                    return endpoint, {name: value}
+        return None
+
+
 class API:
     """The HTTP API as one ASGI app, with paths relative to where it is mounted.
 
@@ -319,6 +405,7 @@ class API:
         routes = self.routes(hub, self.stream_limits)
         #: The stream routes: those whose endpoint is a StreamEndpoint.
         self.stream_routes = [r for r in routes if isinstance(r, Route) and isinstance(r.app, StreamEndpoint)]
+        self._streams = StreamTable([(r.path, r.app) for r in self.stream_routes if isinstance(r.app, StreamEndpoint)])
         self._other = Starlette(routes=routes, exception_handlers=_EXCEPTION_HANDLERS)
         self._other.state.hub = hub
         self._other.state.publish_rate = RateLimiter(settings.publish_rate, settings.publish_burst)
@@ -343,8 +430,18 @@ class API:
             *([Route("/test/echo", echo, methods=["POST"])] if hub.settings.enable_test_endpoints else []),
         ]
 
+    def stream_target(self, path: str) -> tuple[StreamEndpoint, dict[str, str]] | None:
+        """The stream endpoint serving a ``GET`` of ``path`` (relative to the mount point), and its path parameters."""
+        return self._streams.find(path)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if scope["method"] == "GET":
+                found = self._streams.find(_route_path(scope))
+                if found is not None:
+                    scope["path_params"] = found[1]
+                    await found[0](scope, receive, send)  # adds its own CORS headers
+                    return
             if self.cors.is_preflight(scope):
                 await self.cors.preflight(scope)(scope, receive, send)
                 return
@@ -377,7 +474,8 @@ class App:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.api = API(hub)
-        self._mount = Mount(hub.settings.prefix, app=self.api)
+        self._prefix = hub.settings.prefix
+        self._mount = Mount(self._prefix, app=self.api)
         self.metrics = metrics = create_metrics(hub)  # at /metrics, outside the prefix a proxy forwards
         # With an empty prefix the API's mount matches every path: /metrics must be looked for first.
         self._metrics_path = "/metrics" if metrics is not None else None
@@ -397,8 +495,24 @@ class App:
         self.state = self._starlette.state
         self.state.hub = hub
 
+    def stream_target(self, path: str) -> tuple[StreamEndpoint, dict[str, str], str] | None:
+        """The stream endpoint serving a ``GET`` of ``path`` (the full path), its path parameters, and the
+        ``root_path`` the API's mount gives it; ``None`` when ``path`` is not a stream route."""
+        if path == self._metrics_path or not path.startswith(self._prefix):
+            return None
+        found = self.api.stream_target(path[len(self._prefix) :])
+        return None if found is None else (found[0], found[1], self._prefix)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] != self._metrics_path:
+            if scope["method"] == "GET" and not scope.get("root_path"):
+                # A stream open, the hot path of a reconnect storm: one dictionary lookup, not two regex matchers.
+                found = self.stream_target(scope["path"])
+                if found is not None:
+                    # What the mount's and the route's matching would have added to the scope.
+                    scope.update(path_params=found[1], root_path=found[2], app_root_path="")
+                    await found[0](scope, receive, send)
+                    return
             match, child_scope = self._mount.matches(scope)
             if match is Match.FULL:
                 scope.update(child_scope)

@@ -119,8 +119,8 @@ class Connection:
 
     @property
     def direct(self) -> bool:
-        """Whether this stream is on uvicorn's fast path (see ``ssehub/_uvicorn.py``)."""
-        return self.writer == "direct"
+        """Whether this stream is written straight to uvicorn's transport (see ``ssehub/_uvicorn.py``)."""
+        return self.writer in ("direct", "native")
 
     @property
     def max_buffer_bytes(self) -> int:
@@ -211,14 +211,7 @@ class Connection:
         The response must have been started with ``send`` (status and headers). ``prelude`` runs once the
         writer is up (the hub writes a resumed stream's backlog with it).
         """
-        if self._writer is None:
-            raise RuntimeError("a connection without a writer cannot run")
-        writer = self._writer = self._writer.start()
-        if writer.chunked:
-            self._buffer = [writer.wire(frame) for frame in self._buffer]
-            self._buffered = sum(map(len, self._buffer))
-            self._chunked = True
-        self._started = True
+        writer = self.begin()
         await writer.run(self, receive, prelude)
         if self.close_reason != "client":
             # End the response cleanly so the client reconnects and resumes. A client that does not read at
@@ -228,6 +221,21 @@ class Connection:
             except TimeoutError:
                 # The server then reports an incomplete response and closes the socket: what we want here.
                 logger.warning("connection %s (%s): the client does not read; dropping it", self.id, self.close_reason)
+
+    def begin(self) -> Writer:
+        """The response has started: put the writer in charge of what is queued and what comes; return it.
+
+        :meth:`run` calls it; a server's own stream path calls it instead of ``run`` and drives the writer.
+        """
+        if self._writer is None:
+            raise RuntimeError("a connection without a writer cannot run")
+        writer = self._writer = self._writer.start()
+        if writer.chunked:
+            self._buffer = [writer.wire(frame) for frame in self._buffer]
+            self._buffered = sum(map(len, self._buffer))
+            self._chunked = True
+        self._started = True
+        return writer
 
     def final_timeout(self) -> float:
         """How long the last writes of a closing stream may take."""

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ssehub._uvicorn import NativeStreams, native_streams
+
 if TYPE_CHECKING:
     from uvicorn.config import Config
     from uvicorn.server import ServerState
@@ -63,6 +65,43 @@ def refusal_bytes(status: int, code: str, message: str) -> bytes:
     return head + body
 
 
+class _GuardState:
+    """A connection's head limits and where its current request head stands."""
+
+    __slots__ = (
+        "boundary",
+        "discarded",
+        "head_parsed",
+        "head_raw",
+        "head_started",
+        "head_timer",
+        "header_timeout",
+        "in_head",
+        "linger_timer",
+        "max_drain",
+        "max_head",
+        "native",
+        "refused",
+    )
+
+    def __init__(
+        self, header_timeout: float, max_header_bytes: int, max_drain_bytes: int, native: NativeStreams | None
+    ) -> None:
+        self.native = native  # ssehub's own stream path (ssehub/_uvicorn.py), shared by the process's connections
+        self.header_timeout = header_timeout
+        self.max_head = max_header_bytes
+        self.max_drain = max_drain_bytes
+        self.in_head = True  # the next bytes belong to a request head
+        self.head_started = False  # a byte of the current head arrived
+        self.head_raw = 0  # bytes of data chunks that began and ended inside the head
+        self.head_parsed = 0  # bytes of the request line and headers seen by the parser callbacks
+        self.boundary = False  # a head or a message ended while the current chunk was parsed
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.linger_timer: asyncio.TimerHandle | None = None
+        self.refused = False
+        self.discarded = 0
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a head timeout, a head size limit and a lingering close.
 
@@ -80,20 +119,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         header_timeout: float,
         max_header_bytes: int,
         max_drain_bytes: int,
+        native: NativeStreams | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self._header_timeout = header_timeout
-        self._max_head = max_header_bytes
-        self._max_drain = max_drain_bytes
-        self._in_head = True  # the next bytes belong to a request head
-        self._head_started = False  # a byte of the current head arrived
-        self._head_raw = 0  # bytes of data chunks that began and ended inside the head
-        self._head_parsed = 0  # bytes of the request line and headers seen by the parser callbacks
-        self._boundary = False  # a head or a message ended while the current chunk was parsed
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._linger_timer: asyncio.TimerHandle | None = None
-        self._refused = False
-        self._discarded = 0
+        # One attribute for all of the guard's state: uvicorn's protocol has ~28 attributes, and an instance
+        # with more than 30 loses CPython's shared-key dictionary (about 1.3 KiB more per open connection).
+        self._guard = _GuardState(header_timeout, max_header_bytes, max_drain_bytes, native)
 
     # -- connection ---------------------------------------------------------------------------------------
 
@@ -102,34 +133,36 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._head_timer, self._linger_timer):
+        guard = self._guard
+        for timer in (guard.head_timer, guard.linger_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._linger_timer = None
+        guard.head_timer = guard.linger_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        guard = self._guard
+        if guard.refused:
             # Lingering: the answer is written; read and drop what the client still sends, up to the bound.
-            self._discarded += len(data)
-            if self._discarded > self._max_drain:
+            guard.discarded += len(data)
+            if guard.discarded > guard.max_drain:
                 self.transport.close()
             return
-        began_in_head = self._in_head
+        began_in_head = guard.in_head
         if began_in_head and data:
-            self._head_started = True
-        self._boundary = False
+            guard.head_started = True
+        guard.boundary = False
         super().data_received(data)
-        if self._refused or not began_in_head or self._boundary:
+        if guard.refused or not began_in_head or guard.boundary:
             return
         # The whole chunk was request head and the head is still open: a head that never ends is bounded
         # here (the parser buffers a header's value until it is complete, so callbacks alone would not see it).
-        self._head_raw += len(data)
-        if self._head_raw > self._max_head:
-            self._refuse(431, "HEADERS_TOO_LARGE", f"the request headers are larger than {self._max_head} bytes")
+        guard.head_raw += len(data)
+        if guard.head_raw > guard.max_head:
+            self._refuse(431, "HEADERS_TOO_LARGE", f"the request headers are larger than {guard.max_head} bytes")
 
     def send_400_response(self, msg: str) -> None:
-        if self._refused:
+        if self._guard.refused:
             return  # a parser callback refused and stopped the parser: the answer is already written
         self._refuse(400, "BAD_REQUEST", f"invalid HTTP request: {msg}")
 
@@ -137,65 +170,72 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_started = True
-        if self._head_timer is None:
+        self._guard.head_started = True
+        if self._guard.head_timer is None:
             self._arm_head_timer()
 
     def on_url(self, url: bytes) -> None:
-        self._head_parsed += len(url)
-        if self._head_parsed > self._max_head:
-            self._refuse(414, "URI_TOO_LONG", f"the request line is longer than {self._max_head} bytes")
+        guard = self._guard
+        guard.head_parsed += len(url)
+        if guard.head_parsed > guard.max_head:
+            self._refuse(414, "URI_TOO_LONG", f"the request line is longer than {guard.max_head} bytes")
             raise _Refused
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_parsed += len(name) + len(value) + 4
-        if self._head_parsed > self._max_head:
-            self._refuse(431, "HEADERS_TOO_LARGE", f"the request headers are larger than {self._max_head} bytes")
+        guard = self._guard
+        guard.head_parsed += len(name) + len(value) + 4
+        if guard.head_parsed > guard.max_head:
+            self._refuse(431, "HEADERS_TOO_LARGE", f"the request headers are larger than {guard.max_head} bytes")
             raise _Refused
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._boundary = True
+        guard = self._guard
+        guard.in_head = False
+        guard.boundary = True
         self._cancel_head_timer()
+        if guard.native is not None and guard.native.serve(self):
+            return  # a stream request, served by ssehub itself on this connection
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._in_head = True
-        self._boundary = True
-        self._head_started = False
-        self._head_raw = self._head_parsed = 0
+        guard = self._guard
+        guard.in_head = guard.boundary = True
+        guard.head_started = False
+        guard.head_raw = guard.head_parsed = 0
 
     # -- refusals -----------------------------------------------------------------------------------------
 
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(self._header_timeout, self._on_head_timeout)
+        self._guard.head_timer = self.loop.call_later(self._guard.header_timeout, self._on_head_timeout)
 
     def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        if self._guard.head_timer is not None:
+            self._guard.head_timer.cancel()
+            self._guard.head_timer = None
 
     def _on_head_timeout(self) -> None:
-        self._head_timer = None
-        if not self._in_head or self.transport.is_closing():
+        self._guard.head_timer = None
+        if not self._guard.in_head or self.transport.is_closing():
             return
-        if not self._head_started:
+        if not self._guard.head_started:
             # Nothing of a request arrived: an idle connection, closed without an answer (uvicorn's keep-alive
             # timeout covers idle time after a response; this covers a connection that never sent anything).
             if self.cycle is None or self.cycle.response_complete:
                 self.transport.close()
             return
-        self._refuse(408, "REQUEST_TIMEOUT", f"the request headers did not arrive within {self._header_timeout:g} s")
+        self._refuse(
+            408, "REQUEST_TIMEOUT", f"the request headers did not arrive within {self._guard.header_timeout:g} s"
+        )
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         """Answer with a JSON error and close the connection gently (see the module docstring)."""
-        if self._refused:
+        if self._guard.refused:
             return
-        self._refused = True
+        self._guard.refused = True
         self._cancel_head_timer()
         transport = self.transport
         if transport.is_closing():
@@ -209,7 +249,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if transport.can_write_eof():
             transport.write_eof()
         self.flow.resume_reading()
-        self._linger_timer = self.loop.call_later(LINGER_SECONDS, transport.close)
+        self._guard.linger_timer = self.loop.call_later(LINGER_SECONDS, transport.close)
 
 
 class GuardedProtocolFactory:
@@ -218,10 +258,19 @@ class GuardedProtocolFactory:
     An instance rather than a class made on the fly, so that it pickles for worker processes.
     """
 
-    def __init__(self, header_timeout: float, max_header_bytes: int, max_drain_bytes: int) -> None:
+    def __init__(
+        self, header_timeout: float, max_header_bytes: int, max_drain_bytes: int, *, native: bool = True
+    ) -> None:
         self.header_timeout = header_timeout
         self.max_header_bytes = max_header_bytes
         self.max_drain_bytes = max_drain_bytes
+        self.native = native
+        self._native: NativeStreams | bool | None = native  # resolved on the first connection, per process
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_native"] = self.native  # resolved again in the process that unpickles it
+        return state
 
     def __call__(
         self,
@@ -230,6 +279,9 @@ class GuardedProtocolFactory:
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> GuardedHttpToolsProtocol:
+        native = self._native
+        if isinstance(native, bool):
+            native = self._native = native_streams(config) if native else None
         return GuardedHttpToolsProtocol(
             config,
             server_state,
@@ -238,6 +290,7 @@ class GuardedProtocolFactory:
             header_timeout=self.header_timeout,
             max_header_bytes=self.max_header_bytes,
             max_drain_bytes=self.max_drain_bytes,
+            native=native,
         )
 
 
@@ -246,7 +299,7 @@ def trusted_proxy_networks(settings: Settings) -> list[str]:
     return [str(ipaddress.ip_network(entry, strict=False)) for entry in settings.trusted_proxies]
 
 
-def uvicorn_options(settings: Settings) -> dict[str, Any]:
+def uvicorn_options(settings: Settings, *, native: bool = True) -> dict[str, Any]:
     """The ``uvicorn.Config`` options that apply ssehub's settings on slow clients, head size and proxies.
 
     ``ssehub serve`` uses them; pass them too when you run ``create_app`` under your own uvicorn::
@@ -255,7 +308,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """
     networks = trusted_proxy_networks(settings)
     return {
-        "http": GuardedProtocolFactory(settings.header_timeout, settings.max_header_bytes, settings.max_drain_bytes),
+        "http": GuardedProtocolFactory(
+            settings.header_timeout, settings.max_header_bytes, settings.max_drain_bytes, native=native
+        ),
         "proxy_headers": bool(networks),
         "forwarded_allow_ips": networks,
         "h11_max_incomplete_event_size": settings.max_header_bytes,

@@ -46,6 +46,7 @@ from ssehub.subscription import MISSING, ChannelIndex, Subscription, filter_key,
 
 if TYPE_CHECKING:
     from ssehub.grants import Grant
+    from ssehub.writer import Writer
 
 logger = logging.getLogger("ssehub.hub")
 
@@ -325,6 +326,7 @@ class Hub:
         send: Send | None = None,
         scope: Scope | None = None,
         grant: Grant | None = None,
+        writer: Writer | None = None,
     ) -> Subscription:
         """Open a subscription; run :meth:`Subscription.stream` once the response has started; always
         :meth:`release` it (the stream endpoint holds no context manager: one frame less per open stream).
@@ -334,7 +336,8 @@ class Hub:
         malformed Last-Event-ID); the missed events, if any, are in ``backlog`` for ``stream`` to write.
         Broker errors therefore happen here, before any response starts (nothing is left held then).
         ``grant`` (checked by the caller, :meth:`Authenticator.stream_grant`) is carried by the subscription;
-        a stream whose grant expires ends then (close reason ``expired``).
+        a stream whose grant expires ends then (close reason ``expired``). ``writer`` imposes how the stream is
+        written (a server's own stream path); otherwise ``send`` and ``scope`` choose it.
 
         Raises:
             InvalidValueError: bad channels or filters (UnknownChannelError: not allowed).
@@ -360,7 +363,8 @@ class Hub:
         resume_from = self._parse_resume_id(last_event_id)
 
         self._active += 1
-        writer = select_writer(send, scope or {}, fast_path=self.settings.fast_path) if send is not None else None
+        if writer is None and send is not None:
+            writer = select_writer(send, scope or {}, fast_path=self.settings.fast_path)
         connection = Connection(secrets.token_hex(8), self.settings.max_buffer_bytes, self._flusher.ready, 0.0, writer)
         sub = Subscription(unique, checked_filters, connection, self._promote)
         sub.grant = grant
@@ -412,6 +416,12 @@ class Hub:
 
     async def _acquire_broker_channels(self, channels: Sequence[str]) -> None:
         # Serialized with releases so that the broker never sees subscribe and unsubscribe of one channel race.
+        broker_channels = self._broker_channels
+        if not self._sync_lock.locked() and all(name in broker_channels for name in channels):
+            # The common open: its channels are subscribed and no release is running (one would hold the lock);
+            # a release still to come sees them in the index again and keeps them.
+            self._to_release.difference_update(channels)
+            return
         async with self._sync_lock:
             for name in channels:
                 self._to_release.discard(name)

@@ -133,8 +133,9 @@ class Settings(BaseSettings):
     )
     fast_path: bool = Field(
         True,
-        description="Write streams straight to uvicorn's transport when served by uvicorn (httptools, HTTP/1.1); "
-        "false: always the portable ASGI writer.",
+        description="Write streams straight to uvicorn's transport when served by uvicorn (httptools, HTTP/1.1), "
+        "and let `ssehub serve` answer stream requests itself on uvicorn's connection; false: always the "
+        "portable ASGI writer.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of `ssehub serve`."

@@ -105,9 +105,9 @@ class Subscription:
 
     async def stream(self, receive: Receive) -> None:
         """Write the backlog, go live, and stream until the connection closes (the response must be started)."""
-        await self.connection.run(receive, self._replay)
+        await self.connection.run(receive, self.replay)
 
-    async def _replay(self) -> None:
+    async def replay(self) -> None:
         """Write missed events page by page, each page once the previous one drained, then go live.
 
         Paging keeps a long replay (many channels, large events) within the connection's buffer bound: a

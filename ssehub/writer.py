@@ -8,8 +8,11 @@ per stream (:func:`ssehub.connection.select_writer`):
   awaits ``send``; another waits in ``receive`` for the client going away.
 - ``DirectWriter`` (``ssehub/_uvicorn.py``, the only module that knows uvicorn's internals): body chunks go
   straight to uvicorn's transport, framed once per event, with no task per stream.
+- ``NativeWriter`` (the same module): the direct writer of a stream ``ssehub serve`` answers itself on
+  uvicorn's connection (``NativeStreams``), without uvicorn's request cycle.
 
-Both start and end the response through ASGI ``send``.
+The first two start and end the response through ASGI ``send``; the native path writes the head and the last
+chunk itself.
 """
 
 from __future__ import annotations

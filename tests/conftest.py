@@ -58,9 +58,9 @@ def mounted_app(hub: Hub) -> Starlette:
     return Starlette(routes=[Mount(hub.settings.prefix, app=create_api(hub))], lifespan=lifespan)
 
 
-@pytest.fixture(params=["direct", "portable"])
+@pytest.fixture(params=["native", "direct", "portable"])
 def writer(request: pytest.FixtureRequest) -> str:
-    """Which connection writer the servers of a test use: every stream scenario runs with both."""
+    """Which way the servers of a test write streams: every stream scenario runs with each."""
     mode: str = request.param
     return mode
 
@@ -69,17 +69,20 @@ def writer(request: pytest.FixtureRequest) -> str:
 def start_server(writer: str) -> Iterator[ServerFactory]:
     """Start ssehub servers with given settings; all stop at the end of the test.
 
-    ``direct``: the standalone app (``ssehub serve``), whose streams write straight to uvicorn's transport;
-    ``portable``: the API mounted in a Starlette app, whose streams go through ASGI ``send``.
+    ``native``: the standalone app with ``ssehub serve``'s options: streams served by ssehub on uvicorn's
+    connection, without uvicorn's request cycle; ``direct``: the same without that, streams through uvicorn's
+    request cycle, written straight to its transport; ``portable``: the API mounted in a Starlette app, whose
+    streams go through ASGI ``send``.
     """
     with contextlib.ExitStack() as stack:
 
         def start(**overrides: Any) -> Server:
             settings = make_settings(**overrides)
             hub = Hub(settings)
-            app = create_app(hub=hub) if writer == "direct" else mounted_app(hub)
+            app = mounted_app(hub) if writer == "portable" else create_app(hub=hub)
             # The server options `ssehub serve` uses (head guard, proxy trust), so tests see what users run.
-            base_url = stack.enter_context(running_server(app, **uvicorn_options(settings)))
+            options = uvicorn_options(settings, native=writer == "native")
+            base_url = stack.enter_context(running_server(app, **options))
             return Server(base_url, base_url + settings.prefix, hub)
 
         yield start

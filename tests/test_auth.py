@@ -49,9 +49,9 @@ KEYS: list[dict[str, Any]] = [
 ]
 
 
-@pytest.fixture(params=["direct"])
+@pytest.fixture(params=["native", "direct"])
 def writer(request: pytest.FixtureRequest) -> str:
-    """Authentication happens before the writer is chosen: these tests run on the standalone app only."""
+    """Authentication happens before the writer is chosen: these tests run on the standalone app's two paths."""
     mode: str = request.param
     return mode
 

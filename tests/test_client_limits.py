@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import time
 
 import httpx
 import pytest
 from pydantic import ValidationError
 
+from ssehub import create_app
 from ssehub.exceptions import LimitExceededError
 from ssehub.guard import trusted_proxy_networks, uvicorn_options
 from ssehub.limits import RateLimiter, StreamLimits
@@ -457,3 +459,24 @@ async def test_refused_publish_with_a_large_body_is_read_and_answered(
     assert status == 401
     assert json.loads(answer)["code"].startswith(("UNAUTHORIZED", "INVALID"))
     await wait_for_connections(client, server, 0)
+
+
+async def test_guarded_protocol_keeps_uvicorns_compact_instance_layout() -> None:
+    """The guard adds one attribute to uvicorn's protocol, so its instances keep CPython's shared-key dict.
+
+    Past 30 attributes an instance gets a dictionary of its own, about 1.3 KiB more per open connection.
+    """
+    from uvicorn.config import Config
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    from ssehub.guard import GuardedProtocolFactory
+
+    config = Config(app=create_app(make_settings()))
+    config.load()
+    plain = HttpToolsProtocol(config, ServerState(), {})
+    guarded = GuardedProtocolFactory(10.0, 8192, 65536)(config, ServerState(), {})
+    for protocol in (plain, guarded):
+        protocol.on_message_begin()  # sets the per-request attributes too
+    assert set(vars(guarded)) - set(vars(plain)) == {"_guard"}
+    assert sys.getsizeof(vars(guarded)) <= sys.getsizeof(vars(plain)) + 64

@@ -50,7 +50,7 @@ async def test_stream_for_allowed_origin_has_cors_headers_and_keeps_its_writer(
         assert (await stream.next_event()).event == "connected"
         connections = list(cors_server.hub._connections)
         assert len(connections) == 1
-        assert connections[0].direct is (writer == "direct")
+        assert connections[0].direct is (writer != "portable")
 
 
 async def test_stream_for_other_origin_has_no_cors_headers(cors_server: Server, client: httpx.AsyncClient) -> None:

@@ -17,6 +17,7 @@ from ssehub import create_app
 from ssehub.brokers.base import DeliverCallback, GapCallback
 from ssehub.brokers.memory import MemoryBroker
 from ssehub.events import Event
+from ssehub.guard import uvicorn_options
 from ssehub.hub import Hub
 from ssehub.testing import open_stream, running_server
 from tests.conftest import Server, make_settings, mounted_app
@@ -44,9 +45,9 @@ def lagging_server(writer: str) -> Iterator[Server]:
     """A server whose hub runs on a LaggingBroker (both writers)."""
     settings = make_settings()
     hub = Hub(settings, broker=LaggingBroker())
-    app = create_app(hub=hub) if writer == "direct" else mounted_app(hub)
+    app = mounted_app(hub) if writer == "portable" else create_app(hub=hub)
     with contextlib.ExitStack() as stack:
-        base_url = stack.enter_context(running_server(app))
+        base_url = stack.enter_context(running_server(app, **uvicorn_options(settings, native=writer == "native")))
         yield Server(base_url, base_url + settings.prefix, hub)
 
 

@@ -52,7 +52,7 @@ async def test_late_notification_of_a_replayed_event_is_dropped_and_later_events
         first = await hub.publish("a", "n", 1)
         async with hub.subscribe(["a"], last_event_id=str(start)) as sub:
             assert sub.backlog == [first]
-            await sub._replay()
+            await sub.replay()
             broker.release()  # the late notification of ``first``
             second = await hub.publish("a", "n", 2)
             broker.release()

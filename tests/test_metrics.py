@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
 from ssehub import Hub, create_api, create_app
+from ssehub.guard import uvicorn_options
 from ssehub.metrics import Metrics
 from ssehub.testing import open_stream, running_server
 from tests.auth_helpers import KEY_ADMIN, KEY_SUBSCRIBE
@@ -48,10 +49,10 @@ def mounted_with_metrics(hub: Hub) -> Starlette:
 
 @contextlib.contextmanager
 def serving(writer: str, **overrides: Any) -> Iterator[tuple[str, Hub]]:
-    """A server with the standalone app (direct writer) or the mounted API (portable writer); yields its URL."""
+    """A server with the standalone app (native or direct writer) or the mounted API (portable); yields its URL."""
     hub = Hub(make_settings(**overrides))
-    app = create_app(hub=hub) if writer == "direct" else mounted_with_metrics(hub)
-    with running_server(app) as base_url:
+    app = mounted_with_metrics(hub) if writer == "portable" else create_app(hub=hub)
+    with running_server(app, **uvicorn_options(hub.settings, native=writer == "native")) as base_url:
         yield base_url, hub
 
 

@@ -141,8 +141,10 @@ async def test_other_sse_library_parses_the_stream(server: Server, client: httpx
 
 
 async def test_writer_is_the_expected_one(server: Server, client: httpx.AsyncClient, writer: str) -> None:
-    """Standalone streams write straight to uvicorn's transport; mounted ones use the portable ASGI writer."""
+    """Standalone streams write straight to uvicorn's transport (served by ssehub itself under ``ssehub serve``'s
+    options); mounted ones use the portable ASGI writer."""
     async with open_stream(client, f"{server.api}/stream") as stream:
         await stream.next_event()
         [connection] = list(server.hub._connections)
-        assert connection.direct is (writer == "direct")
+        assert connection.direct is (writer != "portable")
+        assert connection.writer == writer

@@ -96,3 +96,53 @@ async def test_uvicorn_outside_the_bound_streams_through_the_portable_writer(mon
 async def test_standalone_streams_use_the_fast_path() -> None:
     """By default the standalone server's streams are on the fast path."""
     await _stream_through(Hub(make_settings()), "direct")
+
+
+async def test_uvicorn_protocol_has_what_native_streams_use() -> None:
+    """uvicorn's httptools protocol has the attributes and methods the native stream path reads or calls."""
+    from uvicorn.config import Config
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    config = Config(app=create_app(make_settings()))
+    config.load()
+    protocol = HttpToolsProtocol(config, ServerState(), {})
+    protocol.on_message_begin()
+    for name in (
+        "parser",
+        "url",
+        "headers",
+        "scope",
+        "expect_100_continue",
+        "root_path",
+        "limit_concurrency",
+        "cycle",
+        "loop",
+        "tasks",
+        "flow",
+        "transport",
+        "access_log",
+        "access_logger",
+    ):
+        assert hasattr(protocol, name), name
+    assert isinstance(protocol.server_state.default_headers, list)
+    assert callable(protocol.on_response_complete)
+    for method in ("get_method", "get_http_version", "should_keep_alive", "should_upgrade"):
+        assert callable(getattr(protocol.parser, method)), method
+
+
+async def test_standalone_streams_under_ssehub_serve_options_are_native() -> None:
+    """With ``ssehub serve``'s options the standalone server answers streams natively; with the fast path off
+    or an untested uvicorn, they fall back as before."""
+    from ssehub.guard import uvicorn_options
+
+    async def through(hub: Hub) -> str:
+        with running_server(create_app(hub=hub), **uvicorn_options(hub.settings)) as base_url:
+            api = base_url + hub.settings.prefix
+            async with httpx.AsyncClient(timeout=5) as client, open_stream(client, f"{api}/stream?channels=a") as s:
+                await s.next_event()
+                [connection] = list(hub._connections)
+                return connection.writer
+
+    assert await through(Hub(make_settings())) == "native"
+    assert await through(Hub(make_settings(fast_path=False))) == "portable"
