@@ -120,6 +120,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_started = True
         self._boundary = False
         super().data_received(data)
+        if self._in_head and self._head_started and self._head_timer is None and not self._refused:
+            # A head began in this chunk and did not end in it: its time starts now. (A head that arrives
+            # whole, as most do, never arms a timer.)
+            self._arm_head_timer()
         if self._refused or not began_in_head or self._boundary:
             return
         # The whole chunk was request head and the head is still open: a head that never ends is bounded
@@ -137,9 +141,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_started = True
-        if self._head_timer is None:
-            self._arm_head_timer()
+        self._head_started = True  # the head timer starts at the end of this chunk if the head is not complete
 
     def on_url(self, url: bytes) -> None:
         self._head_parsed += len(url)
