@@ -176,7 +176,8 @@ def main() -> int:
             costs.append(json.loads(out.stdout.strip().splitlines()[-1])["us_per_publish"])
     for checkout, costs in results.items():
         shown = ", ".join(f"{cost:.1f}" for cost in costs)
-        print(f"{checkout}: median {statistics.median(costs):6.1f}, least {min(costs):6.1f} us per publish (rounds: {shown})")
+        median, least = statistics.median(costs), min(costs)
+        print(f"{checkout}: median {median:6.1f}, least {least:6.1f} us per publish (rounds: {shown})")
     return 0
 
 
