@@ -233,7 +233,7 @@ async def _refuse(
 class PublishEndpoint:
     """``POST /publish``. A plain ASGI app, like :class:`StreamEndpoint`: on a busy hub every event is one of
     these requests, so it skips what Starlette adds per request (middleware, ``Request``, ``JSONResponse``),
-    about a third of a publish's CPU time (docs/performance.md). Its answers are the same bytes: 201 with
+    about a fifth of a publish's CPU time (docs/performance.md). Its answers are the same bytes: 201 with
     ``{"id", "channel"}``, every refusal as ssehub's JSON error, and the request's CORS headers on both.
 
     Args:
