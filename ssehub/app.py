@@ -478,4 +478,13 @@ def create_app_from_env() -> App:
     return create_app(Settings())
 
 
-__all__ = ["API", "App", "StreamEndpoint", "create_api", "create_app", "create_app_from_env", "error_response"]
+__all__ = [
+    "API",
+    "App",
+    "PublishEndpoint",
+    "StreamEndpoint",
+    "create_api",
+    "create_app",
+    "create_app_from_env",
+    "error_response",
+]
