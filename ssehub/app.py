@@ -359,8 +359,6 @@ class API:
         #: Publish requests per second per identity or address, shared by every route that publishes.
         self.publish_rate = RateLimiter(settings.publish_rate, settings.publish_burst)
         routes = self.routes(hub, self.stream_limits, self.publish_rate)
-        #: The stream routes: those whose endpoint is a StreamEndpoint.
-        self.stream_routes = [r for r in routes if isinstance(r, Route) and isinstance(r.app, StreamEndpoint)]
         #: Routes dispatched past Starlette (they add their own CORS headers), by request method.
         self._direct: dict[str, list[Route]] = {}
         for route in routes:
