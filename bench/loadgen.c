@@ -795,7 +795,10 @@ static int loop_until(int64_t deadline, cond_fn cond) {
         int64_t wait = deadline - now;
         if (plan_sent < plan_n && plan_rate > 0) {
             int64_t due = plan_start + (int64_t)((double)plan_sent * 1e9 / plan_rate) - now;
-            if (due < wait) wait = due;
+            /* due <= 0: pub_tick found no free publisher for an overdue event; an answer (an epoll event) frees
+               one. Waiting 0 ms here would spin this core at 100% whenever the server answers slowly, and the
+               load generator would look like the bottleneck ([LG]) exactly when the server is. */
+            if (due > 0 && due < wait) wait = due;
         }
         int ms = (int)((wait + 999999) / 1000000);
         if (ms < 0) ms = 0;

@@ -5,9 +5,11 @@ core 1. Scenarios, each on a fresh server: idle capacity, fan-out ladder, many c
 storm, and fan-out + light load again on the Redis broker. Two more fan-out ladders on Redis show where its time
 goes: ``ssehub-redis-worker`` publishes from worker processes with ``ssehub.Publisher`` (bench/relay.py, on core 1
 with the load generator) instead of over HTTP; ``ssehub-redis-core1`` moves redis-server to core 1 (beside the
-load generator), leaving core 0 to the hub alone. Results go to ``bench/results/<date>.json`` and ``.md``, plots
-to ``bench/results/*.png``, and the table into ``docs/performance.md``. ``BENCH_QUICK=1`` runs everything at a
-small scale (< 2 min) into ``bench/results/tmp/`` for a smoke test and leaves the docs alone.
+load generator), leaving core 0 to the hub alone. ``ssehub-nometrics`` repeats the memory-broker fan-out ladder
+with ``SSEHUB_METRICS=off`` right after the one with metrics on (the default). Results go to
+``bench/results/<date>.json`` and ``.md``, plots to ``bench/results/*.png``, and the table into
+``docs/performance.md``. ``BENCH_QUICK=1`` runs everything at a small scale (< 2 min) into ``bench/results/tmp/``
+for a smoke test and leaves the docs alone.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ class Bench:
                 assert redis is not None
                 server = Naive(redis)
             else:
-                server = Ssehub(redis, auth=system == "ssehub-auth")
+                server = Ssehub(redis, auth=system == "ssehub-auth", metrics=system != "ssehub-nometrics")
             server.start()
         except BaseException:
             if redis:
@@ -281,7 +283,9 @@ class Bench:
         self.results.update(metadata(self.scale, self.quick))
         for system in ("ssehub", "nchan", "naive"):
             self.record("idle", system, lambda s=system: self.idle(s))
-        for system in ("ssehub", "nchan", "naive", "ssehub-redis", *REDIS_VARIANTS):
+        # "ssehub-nometrics" (SSEHUB_METRICS=off) right after "ssehub", so that both meet the machine as it is
+        # then: counting must cost nothing measurable per delivery (issue 9).
+        for system in ("ssehub", "ssehub-nometrics", "nchan", "naive", "ssehub-redis", *REDIS_VARIANTS):
             self.record("fanout", system, lambda s=system: self.fanout(s))
         for system in ("ssehub", "nchan", "ssehub-redis", "naive"):
             self.record("light", system, lambda s=system: self.light(s))

@@ -202,10 +202,14 @@ class Ssehub(Server):
     pub_raw = False
     resumes = True
 
-    def __init__(self, redis: Redis | None = None, *, auth: bool = False) -> None:
+    def __init__(
+        self, redis: Redis | None = None, *, auth: bool = False, metrics: bool = True, root: Path = ROOT
+    ) -> None:
         super().__init__()
         self.redis = redis
         self.auth = auth
+        self.metrics = metrics  # False: the "ssehub-nometrics" variant (SSEHUB_METRICS=off)
+        self.root = root  # the checkout whose ssehub is served (bench/profile.py can serve an older commit)
         if auth:
             # Every stream and publish authenticates with an API key: the check runs once per request.
             self.header = f"Authorization: Bearer {BENCH_API_KEY}"
@@ -228,8 +232,10 @@ class Ssehub(Server):
             SSEHUB_BROKER_URL=self.redis.url if self.redis else "memory://",
             SSEHUB_LOG_LEVEL="warning",  # no access log line per request, as for the peers
             # this working tree's ssehub, even when the venv holds an (editable) install of another checkout
-            PYTHONPATH=str(ROOT),
+            PYTHONPATH=str(self.root),
         )
+        if not self.metrics:
+            env["SSEHUB_METRICS"] = "off"
         if self.auth:
             key = {"key": BENCH_API_KEY, "scopes": ["subscribe", "publish"], "channels": ["bench*"], "name": "bench"}
             env["SSEHUB_API_KEYS"] = json.dumps([key])

@@ -1,4 +1,4 @@
-"""The fast stream path on uvicorn: the only module that knows uvicorn's internals or frames HTTP chunks.
+"""The fast paths on uvicorn: the only module that knows uvicorn's internals or frames HTTP chunks.
 
 When a stream is served by uvicorn's httptools protocol over HTTP/1.1 and ``send`` is uvicorn's own (nothing
 wraps it), the response starts and ends through ASGI ``send``, but body chunks are written straight to the
@@ -21,6 +21,10 @@ httptools protocol having ``parser``, ``url``, ``headers``, ``scope``, ``expect_
 ``default_headers``), ``access_log``/``access_logger`` and ``on_response_complete()``, and on its using of a cycle
 only ``response_complete``, ``keep_alive``, ``more_body``, ``body``, ``disconnected`` and ``message_event.set()``
 (``tests/test_uvicorn_contract.py`` pins these too).
+
+Request bodies (:func:`receive_ready`): ``receive`` is the bound method ``RequestResponseCycle.receive``, which
+returns at once when ``message_event`` is set (the body, or its first part, has arrived). A publish whose body
+came with its head, as most do, is then read without arming a timer; anything else is read under the timeout.
 """
 
 from __future__ import annotations
@@ -76,6 +80,19 @@ def _version() -> tuple[int, ...] | None:
         digits = "".join(ch for ch in part if ch.isdigit())
         parts.append(int(digits or 0))
     return tuple(parts)
+
+
+def receive_ready(receive: Receive) -> bool:
+    """Whether awaiting ``receive`` returns at once: it is uvicorn's httptools ``receive`` and a message waits.
+
+    ``False`` whenever unsure (another server, a wrapped ``receive``, a body still on its way).
+    """
+    cycle = getattr(receive, "__self__", None)
+    kind = type(cycle)
+    if (kind.__module__, kind.__name__) != _CYCLE:
+        return False
+    event = getattr(cycle, "message_event", None)
+    return isinstance(event, asyncio.Event) and event.is_set()
 
 
 def version_supported(version: tuple[int, ...] | None = None) -> bool:

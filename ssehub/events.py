@@ -105,6 +105,11 @@ def validate_event_type(name: str) -> str:
     return name
 
 
+#: What ``json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)`` builds on every call,
+#: built once (an encoder keeps no state between calls).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def dump_json(data: Any) -> str:
     """The one way ssehub turns published data into text: compact JSON, non-ASCII kept as is.
 
@@ -112,7 +117,7 @@ def dump_json(data: Any) -> str:
         InvalidValueError: the value is not JSON (NaN, infinities, non-JSON types, lone surrogates).
     """
     try:
-        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(data)
         text.encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python recurses
         raise InvalidValueError(f"data is not valid JSON: {exc}", "INVALID_DATA") from exc

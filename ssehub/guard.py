@@ -153,6 +153,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             guard.head_started = True
         guard.boundary = False
         super().data_received(data)
+        if guard.in_head and guard.head_started and guard.head_timer is None and not guard.refused:
+            # A head began in this chunk and did not end in it: its time starts now. (A head that arrives
+            # whole, as most do, never arms a timer.)
+            self._arm_head_timer()
         if guard.refused or not began_in_head or guard.boundary:
             return
         # The whole chunk was request head and the head is still open: a head that never ends is bounded
@@ -170,9 +174,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._guard.head_started = True
-        if self._guard.head_timer is None:
-            self._arm_head_timer()
+        self._guard.head_started = True  # the head timer starts at the end of this chunk if the head is not complete
 
     def on_url(self, url: bytes) -> None:
         guard = self._guard

@@ -27,7 +27,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ssehub._types import Receive, Scope
+from ssehub._types import Message, Receive, Scope
+from ssehub._uvicorn import receive_ready
 from ssehub.exceptions import LimitExceededError
 
 if TYPE_CHECKING:
@@ -286,31 +287,41 @@ async def read_body(scope: Scope, receive: Receive, *, limit: int, timeout: floa
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     body = bytearray()
-    try:
-        async with asyncio.timeout_at(deadline):
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    raise LimitExceededError(
-                        "the client went away while sending the body", "CLIENT_GONE", 400, close=True
-                    )
-                body += message.get("body", b"")
-                more = message.get("more_body", False)
-                if len(body) > limit:
-                    if not more:
-                        raise _too_large(limit, close=False)
-                    break
-                if not more:
-                    return bytes(body)
-    except TimeoutError:
-        raise LimitExceededError(
-            f"the body did not arrive within {timeout:g} seconds (SSEHUB_BODY_TIMEOUT)",
-            "REQUEST_TIMEOUT",
-            408,
-            close=True,
-        ) from None
+    more = True
+    if receive_ready(receive):
+        # The body (or its first part) is here already: awaiting it cannot stall, so no timer for it.
+        more = _append_body(await receive(), body, limit)
+    if more and len(body) <= limit:
+        try:
+            async with asyncio.timeout_at(deadline):
+                while more and len(body) <= limit:
+                    more = _append_body(await receive(), body, limit)
+        except TimeoutError:
+            raise LimitExceededError(
+                f"the body did not arrive within {timeout:g} seconds (SSEHUB_BODY_TIMEOUT)",
+                "REQUEST_TIMEOUT",
+                408,
+                close=True,
+            ) from None
+    if len(body) <= limit:
+        return bytes(body)
     # Over the limit with more to come: throw the rest away (within the bound and the time left) before answering.
     seen = len(body)
     del body
     drained = seen <= drain and await discard_body(receive, drain - seen, max(0.0, deadline - loop.time()))
     raise _too_large(limit, close=not drained)
+
+
+def _append_body(message: Message, body: bytearray, limit: int) -> bool:
+    """Add a request message's bytes to ``body``; return whether more is to come.
+
+    Raises:
+        LimitExceededError: 400 ``CLIENT_GONE`` (not a request message), or 413 when the body ended over ``limit``.
+    """
+    if message["type"] != "http.request":
+        raise LimitExceededError("the client went away while sending the body", "CLIENT_GONE", 400, close=True)
+    body += message.get("body", b"")
+    more: bool = message.get("more_body", False)
+    if len(body) > limit and not more:
+        raise _too_large(limit, close=False)
+    return more

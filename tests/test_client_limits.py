@@ -318,6 +318,28 @@ async def test_slow_headers_are_cut_with_408(start_server: ServerFactory, client
     await assert_healthy(client, server)
 
 
+async def test_stalled_head_of_a_kept_alive_request_is_cut_with_408(
+    start_server: ServerFactory, client: httpx.AsyncClient
+) -> None:
+    """On a kept-alive connection, a later request whose head stops halfway gets 408 REQUEST_TIMEOUT too."""
+    server = start_server(header_timeout=0.5)
+    reader, writer = await asyncio.open_connection(*address(server))
+    try:
+        writer.write(f"GET {api_path(server)}/health HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+            _status, first_headers, _ = parse_response(head)
+            await reader.readexactly(int(first_headers["content-length"]))
+        writer.write(f"GET {api_path(server)}/health HTTP/1.1\r\nHost: x\r\nX-Half".encode())
+        answer = await read_to_eof(reader, 5)
+    finally:
+        writer.close()
+    status, headers, body = parse_response(answer)
+    assert (status, json.loads(body)["code"]) == (408, "REQUEST_TIMEOUT")
+    assert headers["connection"] == "close"
+    await assert_healthy(client, server)
+
+
 async def test_silent_connection_is_closed(start_server: ServerFactory, client: httpx.AsyncClient) -> None:
     """A connection that never sends a byte is closed without an answer after header_timeout."""
     server = start_server(header_timeout=0.5)

@@ -58,6 +58,45 @@ async def test_uvicorn_request_cycle_has_what_the_fast_path_uses() -> None:
     assert _uvicorn.version_supported(), "the installed uvicorn is outside the range the fast path was tested on"
 
 
+async def test_receive_is_ready_when_the_body_came_with_the_head() -> None:
+    """A body sent with its head is waiting in uvicorn's receive when the app starts; once taken, nothing waits."""
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        seen["before"] = _uvicorn.receive_ready(receive)
+        seen["message"] = dict(await receive())
+        seen["after"] = _uvicorn.receive_ready(receive)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    with running_server(app) as base_url:
+        host, port = base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+            async with asyncio.timeout(5):
+                answer = await reader.read()
+        finally:
+            writer.close()
+    assert answer.startswith(b"HTTP/1.1 204")
+    assert seen == {
+        "before": True,
+        "message": {"type": "http.request", "body": b"hello", "more_body": False},
+        "after": False,
+    }
+
+
+async def test_receive_is_not_ready_elsewhere() -> None:
+    """Any receive but uvicorn's httptools one is never taken for ready (the body is then read under its timeout)."""
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    assert not _uvicorn.receive_ready(receive)
+
+
 def test_version_bound() -> None:
     """The fast path serves only uvicorn versions inside the tested range."""
     low, high = _uvicorn.TESTED
