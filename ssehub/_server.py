@@ -20,6 +20,7 @@ from typing import Any
 
 import uvicorn
 
+from ssehub._supervisor import LISTEN_BACKLOG
 from ssehub.app import create_app
 from ssehub.guard import uvicorn_options
 from ssehub.hub import Hub
@@ -42,6 +43,7 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         log_level=settings.log_level,
         # uvicorn builds each access-log line's arguments before the level check: below INFO, not at all.
         access_log=settings.log_level in ("debug", "info"),
+        backlog=LISTEN_BACKLOG,  # for reconnect storms
         timeout_graceful_shutdown=settings.shutdown_grace,  # type: ignore[arg-type]  # a float works; typed int
         # Head timeout and size, lingering close, and proxy trust from SSEHUB_TRUSTED_PROXIES.
         **uvicorn_options(settings),

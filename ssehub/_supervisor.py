@@ -39,6 +39,11 @@ from ssehub.settings import Settings
 
 logger = logging.getLogger("ssehub.supervisor")
 
+#: The listening socket's accept queue (uvicorn's default is 2,048; the kernel caps it at net.core.somaxconn). A
+#: reconnect storm is thousands of connects at once: connections an overflowing queue drops wait for SYN
+#: retransmits (1, 3, 7, 15 s...), and some are reset in the end.
+LISTEN_BACKLOG = 16384
+
 #: Restarts of exited workers allowed within RESTART_WINDOW seconds before the supervisor gives up.
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
@@ -93,7 +98,7 @@ class Supervisor:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.host, self.settings.port))
-        sock.listen(2048)  # connections queue until a worker accepts, during start-up and restarts too
+        sock.listen(LISTEN_BACKLOG)  # connections queue until a worker accepts, during start-up and restarts too
         sock.set_inheritable(True)
         return sock
 

@@ -31,8 +31,11 @@ address that is not a trusted proxy) only when the peer is one of them; ssehub's
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import ipaddress
 import json
+import sys
+import termios
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +51,20 @@ if TYPE_CHECKING:
 
 #: Longest a refused connection lingers, reading and discarding, before it closes.
 LINGER_SECONDS = 2.0
+#: Head periods a connection gets, at most, while its bytes wait unread because the server is busy.
+MAX_HEAD_EXTENSIONS = 3
+
+
+def _bytes_waiting(transport: asyncio.BaseTransport) -> bool:
+    """Whether the connection's socket holds received bytes the server has not read yet (``FIONREAD``)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        data = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return False
+    return int.from_bytes(data, sys.byteorder) > 0
 
 
 class _Refused(Exception):
@@ -71,6 +88,7 @@ class _GuardState:
     __slots__ = (
         "boundary",
         "discarded",
+        "extensions",
         "head_parsed",
         "head_raw",
         "head_started",
@@ -100,6 +118,7 @@ class _GuardState:
         self.linger_timer: asyncio.TimerHandle | None = None
         self.refused = False
         self.discarded = 0
+        self.extensions = 0  # head periods added because the request waited unread in the socket
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -206,7 +225,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         guard = self._guard
         guard.in_head = guard.boundary = True
         guard.head_started = False
-        guard.head_raw = guard.head_parsed = 0
+        guard.head_raw = guard.head_parsed = guard.extensions = 0
 
     # -- refusals -----------------------------------------------------------------------------------------
 
@@ -220,8 +239,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._guard.head_timer = None
 
     def _on_head_timeout(self) -> None:
-        self._guard.head_timer = None
-        if not self._guard.in_head or self.transport.is_closing():
+        guard = self._guard
+        guard.head_timer = None
+        if not guard.in_head or self.transport.is_closing():
+            return
+        if guard.extensions < MAX_HEAD_EXTENSIONS and _bytes_waiting(self.transport):
+            # The client's bytes are here, unread: the server is behind (a reconnect storm keeps the event loop
+            # busy for seconds, and a due timer runs before the next read), not the client. Give it another
+            # period, a bounded number of times.
+            guard.extensions += 1
+            self._arm_head_timer()
             return
         if not self._guard.head_started:
             # Nothing of a request arrived: an idle connection, closed without an answer (uvicorn's keep-alive

@@ -502,3 +502,69 @@ async def test_guarded_protocol_keeps_uvicorns_compact_instance_layout() -> None
         protocol.on_message_begin()  # sets the per-request attributes too
     assert set(vars(guarded)) - set(vars(plain)) == {"_guard"}
     assert sys.getsizeof(vars(guarded)) <= sys.getsizeof(vars(plain)) + 64
+
+
+async def test_a_request_waiting_unread_in_the_socket_is_not_taken_for_an_idle_connection() -> None:
+    """When the head timer runs out while the request waits unread (the server is behind, as in a reconnect storm),
+    the connection gets more time, a bounded number of times; a connection that sent nothing is closed."""
+    import socket
+
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from ssehub.guard import MAX_HEAD_EXTENSIONS, GuardedHttpToolsProtocol, GuardedProtocolFactory
+
+    config = Config(app=create_app(make_settings()))
+    config.load()
+    factory = GuardedProtocolFactory(0.05, 8192, 65536)
+    loop = asyncio.get_running_loop()
+
+    async def connect(payload: bytes) -> tuple[asyncio.Transport, GuardedHttpToolsProtocol, socket.socket]:
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        transport, protocol = await loop.connect_accepted_socket(lambda: factory(config, ServerState(), {}), ours)
+        transport.pause_reading()  # the server is "busy": it reads nothing
+        theirs.sendall(payload)
+        return transport, protocol, theirs
+
+    waiting, waiting_protocol, peer = await connect(b"GET /api/v1/events/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle, _idle_protocol, idle_peer = await connect(b"")
+    try:
+        await asyncio.sleep(0.05 * (MAX_HEAD_EXTENSIONS + 3))
+        assert idle.is_closing()  # nothing arrived: an idle connection, closed
+        # The request sat unread through every extension: then it is closed as well (the bound holds).
+        assert waiting.is_closing()
+        assert waiting_protocol._guard.extensions == MAX_HEAD_EXTENSIONS
+    finally:
+        for sock in (peer, idle_peer):
+            sock.close()
+
+
+async def test_a_request_read_late_by_a_busy_server_is_answered() -> None:
+    """A request that waited unread past the head timeout, then read, gets its answer instead of a reset."""
+    import socket
+
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from ssehub.guard import GuardedProtocolFactory
+
+    config = Config(app=create_app(make_settings()))
+    config.load()
+    factory = GuardedProtocolFactory(0.05, 8192, 65536)
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    transport, _protocol = await loop.connect_accepted_socket(lambda: factory(config, ServerState(), {}), ours)
+    transport.pause_reading()
+    theirs.sendall(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        await asyncio.sleep(0.12)  # past the head timeout, within the extensions
+        assert not transport.is_closing()
+        transport.resume_reading()
+        theirs.setblocking(False)
+        answer = await asyncio.wait_for(loop.sock_recv(theirs, 65536), 5)
+        assert answer.startswith(b"HTTP/1.1 404 "), answer[:80]
+    finally:
+        transport.close()
+        theirs.close()
