@@ -51,8 +51,9 @@ if TYPE_CHECKING:
     from uvicorn.config import Config
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    from ssehub.app import App, OpenedStream, StreamEndpoint
+    from ssehub.app import App
     from ssehub.connection import Connection
+    from ssehub.endpoints import OpenedStream, StreamEndpoint
 
 logger = logging.getLogger("ssehub.uvicorn")
 
@@ -234,7 +235,7 @@ class NativeStreams:
     (its objects, two events, a task and the coroutine frames of every layer the request passes) costs time per
     open and memory for as long as the stream lives. A plain ``GET`` of a stream path over HTTP/1.1 keep-alive,
     with no body, no upgrade and nothing pipelined ahead of it, is therefore served here: the same checks and
-    :meth:`~ssehub.app.StreamEndpoint.open` as the ASGI path, then the response head and the first events in one
+    :meth:`~ssehub.endpoints.StreamEndpoint.open` as the ASGI path, then the response head and the first events in one
     write; a short task runs the open and the replay, and after that nothing per stream waits anywhere: the
     fan-out writes to the transport, and the protocol's callbacks report a disconnect. Anything else takes
     uvicorn's path unchanged.

@@ -73,7 +73,7 @@ async def echo(request: Request) -> Response:
     """Authenticate, rate-limit and validate as ``POST /publish`` does, then publish the messages in order."""
     # Imported here: app.py routes to this module; its error mapping and body rules are the ones every endpoint
     # shares.
-    from ssehub.app import _HUB_ERRORS, _error_for
+    from ssehub.answers import HUB_ERRORS, error_for
     from ssehub.limits import RateLimiter, drain_before_refusal, identity_of, rate_key, read_body
 
     hub: Hub = request.app.state.hub
@@ -83,8 +83,8 @@ async def echo(request: Request) -> Response:
         # As for POST /publish: credentials from headers only; publish rights on the channel are checked below.
         grant = await hub.auth.authenticate(request, query=False, cookie=False)
         limiter.check(rate_key(request.scope, identity_of(grant)))
-    except _HUB_ERRORS as exc:
-        response = _error_for(exc)
+    except HUB_ERRORS as exc:
+        response = error_for(exc)
         if not await drain_before_refusal(request.scope, request.receive, settings):
             response.headers["Connection"] = "close"
         return response
@@ -98,8 +98,8 @@ async def echo(request: Request) -> Response:
             drain=settings.max_drain_bytes,
         )
         payload = json.loads(body, parse_constant=_reject_constant)
-    except _HUB_ERRORS as exc:
-        return _error_for(exc)
+    except HUB_ERRORS as exc:
+        return error_for(exc)
     except ValueError as exc:
         return _error(422, "INVALID_JSON", f"the body is not valid JSON: {exc}")
     except RecursionError:
@@ -108,6 +108,6 @@ async def echo(request: Request) -> Response:
         channel, messages = _validate(hub, payload)
         hub.auth.authorize_publish(grant, channel)
         ids = [str((await hub.publish(channel, event, data)).id) for event, data in messages]
-    except _HUB_ERRORS as exc:
-        return _error_for(exc)
+    except HUB_ERRORS as exc:
+        return error_for(exc)
     return JSONResponse({"channel": channel, "ids": ids}, status_code=201)

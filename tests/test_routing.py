@@ -7,7 +7,8 @@ import pytest
 from starlette.routing import Match, Route
 
 from ssehub import Hub
-from ssehub.app import API, StreamEndpoint, StreamTable
+from ssehub.app import API
+from ssehub.endpoints import StreamEndpoint, StreamTable
 from tests.conftest import ServerFactory, make_settings
 
 PATHS = [
