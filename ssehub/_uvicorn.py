@@ -359,6 +359,8 @@ class NativeStream:
                 await proxy(scope, _no_receive, _refuse_send)  # trusted proxies: the client's address
             opened = await endpoint.open(scope, writer=self._writer)
         except Exception:
+            # The server's boundary, as uvicorn's own request cycle has it: an unexpected error is logged with
+            # its traceback and answered 500 (cancellation is not an Exception and passes through).
             logger.exception("opening a stream failed")
             self._log_access(scope, 500)
             self._answer(500, [(b"content-type", b"application/json")], _INTERNAL_ERROR, close=True)
